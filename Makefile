@@ -1,0 +1,32 @@
+# Conclave: `make demo` runs a local swarm, `make test` runs the tests.
+# Both create (or reuse) .venv at the repository root.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test unit integration clean
+
+setup: $(STAMP)
+
+# Reinstall only when the package definition changes: a second run takes seconds.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/conclave demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,156 @@
+"""The `conclave` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from agents.logs import LEVELS, configure_logging
+from p2p.errors import ConclaveError, ConfigError, LocalProtocolError
+
+EXIT_USAGE = 2
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from p2p.keys import Identity, write_key_file
+
+    identity = Identity.generate()
+    write_key_file(Path(args.path), identity)
+    print(identity.peer_id)
+    return 0
+
+
+def _cmd_keys_show(args: argparse.Namespace) -> int:
+    from p2p.keys import read_key_file
+
+    identity = read_key_file(Path(args.path))
+    print(f"peer id:    {identity.peer_id}")
+    print(f"public key: {identity.public_key.hex()}")
+    return 0
+
+
+def _cmd_swarm_init(args: argparse.Namespace) -> int:
+    from agents.swarm_init import SWARM_FILE, init_swarm
+
+    ports = list(range(args.base_port, args.base_port + args.validators))
+    if ports[-1] > 65535:
+        raise ConfigError(f"--base-port {args.base_port}: ports would exceed 65535")
+    cfg = init_swarm(Path(args.dir), args.validators, args.name, ports, args.host)
+    print(f"swarm {cfg.name} ({cfg.swarm_id.hex()[:16]}…) written to {Path(args.dir) / SWARM_FILE}")
+    for v in cfg.validators:
+        print(f"  {v.name}  {v.peer_id}  {' '.join(v.addrs)}  key: {Path(args.dir) / (v.name + '.key')}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from p2p.keys import read_key_file
+    from p2p.swarmfile import load_swarm_file
+
+    return load_swarm_file(Path(args.swarm)), read_key_file(Path(args.key))
+
+
+def _cmd_peer(args: argparse.Namespace) -> int:
+    from agents.run import PeerOptions, dial_targets, listen_addrs_for, run_peer_process  # imports libp2p
+
+    configure_logging(args.log_format, args.log_level)
+    swarm, identity = _load(args)
+    opts = PeerOptions(
+        swarm, identity, listen_addrs_for(swarm, identity, args.listen), dial_targets(swarm, args.bootstrap),
+        Path(args.data) if args.data else None,
+    )
+    trio.run(run_peer_process, opts)
+    return 0
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    from agents.run import dial_targets, dumps, propose  # imports libp2p
+    from p2p.messages import Motion
+
+    configure_logging("text", "warning", sys.stderr)
+    swarm, identity = _load(args)
+    options = tuple(o.strip() for o in args.options.split(","))
+    try:
+        motion = Motion(args.text, options)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"motion: {exc}") from None
+    result = trio.run(propose, swarm, identity, motion, dial_targets(swarm, args.bootstrap), args.timeout)
+    if args.json:
+        print(dumps(result))
+    else:
+        print(f"motion {result['motion_id']} published to swarm {swarm.name} ({result['peers']} peers reached)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(args.validators, args.motions, Path(args.dir) if args.dir else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conclave", description="Peer-to-peer agreement for AI agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="create and inspect key files").add_subparsers(dest="keys_cmd", required=True)
+    p = keys.add_parser("new", help="write a new ed25519 key file (mode 0600) and print its peer id")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_keys_new)
+    p = keys.add_parser("show", help="print a key file's peer id and public key")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_keys_show)
+
+    swarm = sub.add_parser("swarm", help="create swarms").add_subparsers(dest="swarm_cmd", required=True)
+    p = swarm.add_parser("init", help="write DIR/swarm.toml and one key file per validator")
+    p.add_argument("dir")
+    p.add_argument("--validators", type=int, required=True)
+    p.add_argument("--name", default="local")
+    p.add_argument("--base-port", type=int, default=7400, help="first validator's TCP port (default 7400)")
+    p.add_argument("--host", default="127.0.0.1", help="IP address the validators listen on (default 127.0.0.1)")
+    p.set_defaults(func=_cmd_swarm_init)
+
+    p = sub.add_parser("peer", help="run an agent peer (a validator, or an observer if the key is not in the set)")
+    p.add_argument("--swarm", required=True, help="the swarm file")
+    p.add_argument("--key", required=True, help="this peer's key file")
+    p.add_argument("--listen", action="append", default=[], metavar="MADDR",
+                   help="listen address (default: this validator's address in the swarm file)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MADDR",
+                   help="extra peer to dial, /ip4/.../tcp/.../p2p/<peer id> (repeatable)")
+    p.add_argument("--data", metavar="DIR", help="directory for this peer's durable state")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", choices=LEVELS, default="info")
+    p.set_defaults(func=_cmd_peer)
+
+    p = sub.add_parser("propose", help="publish a signed motion to the swarm and exit")
+    p.add_argument("--swarm", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--options", default="approve,reject", help="comma-separated answers (default approve,reject)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MADDR")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a peer (default 10)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("text")
+    p.set_defaults(func=_cmd_propose)
+
+    p = sub.add_parser("demo", help="start a local swarm, propose motions, show they reach every peer")
+    p.add_argument("--validators", type=int, default=4)
+    p.add_argument("--motions", type=int, default=3)
+    p.add_argument("--dir", help="keep the swarm in DIR (default: a temporary directory)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConclaveError as exc:
+        print(f"conclave: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Process-level entry points: a peer, and a one-shot proposer, over real libp2p."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from agents.logs import emit
+from agents.motion_store import MotionStore
+from agents.peer import Outbox, serve_peer
+from p2p.envelope import MessageType
+from p2p.errors import ConfigError
+from p2p.keys import Identity
+from p2p.libp2p_net import NetworkConfig, run_libp2p_network
+from p2p.messages import Motion
+from p2p.peerbook import DialTarget
+from p2p.swarmfile import SwarmConfig, multiaddr_problem
+
+log = logging.getLogger("conclave.peer")
+PROPOSE_GRACE = 2.0
+
+
+def parse_bootstrap(addr: str) -> DialTarget:
+    """``/ip4/1.2.3.4/tcp/9000/p2p/12D3KooW...`` -> DialTarget; names the problem."""
+    head, sep, peer_id = addr.rpartition("/p2p/")
+    if not sep or not peer_id or "/" in peer_id:
+        raise ConfigError(f"--bootstrap {addr}: must end with /p2p/<peer id>")
+    problem = multiaddr_problem(head)
+    if problem:
+        raise ConfigError(f"--bootstrap {addr}: {problem}")
+    return DialTarget(peer_id, (head,))
+
+
+def dial_targets(swarm: SwarmConfig, bootstrap: list[str]) -> tuple[DialTarget, ...]:
+    targets = [DialTarget(v.peer_id, v.addrs) for v in swarm.validators if v.addrs]
+    return tuple(targets + [parse_bootstrap(b) for b in bootstrap])
+
+
+def listen_addrs_for(swarm: SwarmConfig, identity: Identity, listen: list[str]) -> tuple[str, ...]:
+    for a in listen:
+        problem = multiaddr_problem(a)
+        if problem:
+            raise ConfigError(f"--listen {a}: {problem}")
+    if listen:
+        return tuple(listen)
+    me = swarm.validator_by_key(identity.public_key)
+    if me is not None and me.addrs:
+        return me.addrs
+    return ("/ip4/127.0.0.1/tcp/0",)  # observers and clients: any free port
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOptions:
+    swarm: SwarmConfig
+    identity: Identity
+    listen: tuple[str, ...]
+    dial: tuple[DialTarget, ...]
+    data_dir: Path | None
+
+
+async def run_peer_process(opts: PeerOptions) -> None:
+    """A peer until SIGINT or SIGTERM; then a clean shutdown (bounded, under 2 s)."""
+    store = MotionStore(opts.data_dir)
+    p = opts.swarm.params
+    cfg = NetworkConfig(opts.identity, opts.swarm.topic, opts.listen, opts.dial,
+                        p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                net = await nursery.start(run_libp2p_network, cfg)
+                await nursery.start(
+                    lambda task_status: serve_peer(
+                        opts.swarm, opts.identity, net, store, first_seq=time.time_ns(),
+                        listen_addrs=net.listen_addrs, task_status=task_status,
+                    )
+                )
+                async for signum in signals:
+                    emit(log, "peer_stopping", f"received {signal.Signals(signum).name}, shutting down",
+                         signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        store.close()
+
+
+async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: tuple[DialTarget, ...],
+                  timeout: float) -> dict:
+    """Connect, publish one signed motion, wait until it is handed to the peers, exit."""
+    cfg = NetworkConfig(identity, swarm.topic, ("/ip4/127.0.0.1/tcp/0",), dial, subscribe=False)
+    wanted = {t.peer_id for t in dial} - {identity.peer_id}
+    async with trio.open_nursery() as nursery:
+        net = await nursery.start(run_libp2p_network, cfg)
+        # One subscribed peer is enough (gossip relays the rest), but give the others a
+        # short grace so that the motion leaves on as many links as possible.
+        with trio.move_on_after(timeout):
+            await _wait_until(lambda: bool(net.topic_peers()))
+        with trio.move_on_after(PROPOSE_GRACE):
+            await _wait_until(lambda: wanted <= net.topic_peers())
+        if not net.topic_peers():
+            nursery.cancel_scope.cancel()
+            raise ConfigError(f"no swarm peer reachable within {timeout}s (dialled {len(wanted)})")
+        env = await Outbox(swarm, identity, net, time.time_ns()).send(MessageType.MOTION, motion.encode())
+        with trio.move_on_after(timeout):
+            await net.drain()
+        reached = sorted(net.topic_peers())
+        nursery.cancel_scope.cancel()
+    return {"motion_id": env.message_id.hex(), "peers": len(reached), "options": list(motion.options)}
+
+
+async def _wait_until(predicate, poll: float = 0.02) -> None:
+    # libp2p exposes no event for "peer subscribed": poll its state (callers bound it).
+    while not predicate():
+        await trio.sleep(poll)
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False)

@@ -1,0 +1,271 @@
+"""The swarm network over py-libp2p 0.8.1, configured as measured in DESIGN.md.
+
+Noise only (no plaintext, no SECIO, no TLS), yamux, gossipsub offering /meshsub/1.1.0
+and 1.0.0 only (1.2's IDONTWANT per message is ruinous here), spam protection and
+adaptive gossip off, heartbeat 1 s, the pubsub sequence counter started from
+``time.time_ns()`` (so a quick restart is not mistaken for old messages), our own peer
+book and reconnect loop, and ``host.close()`` always, in a ``finally``.
+
+The subscription (which holds 32 messages and drops the rest) is drained at once into
+our bounded ``events`` channel; publishing goes through one sender task that waits
+while any peer's outgoing queue (32, overflow silently dropped) is nearly full.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import RetryConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2p.errors import LocalProtocolError
+from p2p.keys import Identity
+from p2p.net import (
+    INBOX_SIZE,
+    MAX_FRAME_BYTES,
+    OUTBOX_SIZE,
+    MessageArrived,
+    NetworkEvent,
+    NetworkStats,
+    PeerConnected,
+    PeerDisconnected,
+    offer,
+)
+from p2p.peerbook import DialTarget, PeerBook
+
+log = logging.getLogger("conclave.p2p")
+
+GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+PEER_QUEUE_HIGH_WATER = 24  # of py-libp2p's 32 per peer
+DIAL_TIMEOUT = 5.0
+RECONNECT_TICK = 0.25
+CLOSE_TIMEOUT = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    identity: Identity
+    topic: str
+    listen_addrs: tuple[str, ...]
+    dial: tuple[DialTarget, ...] = ()
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # A publish-only host (``conclave propose``) must not subscribe: a subscriber
+    # publishes only to its gossip mesh, which is empty until a heartbeat or two after
+    # connecting, so a quick publish-and-exit would reach nobody. Not subscribed, it
+    # sends straight to up to D peers known to subscribe (gossipsub's fanout).
+    subscribe: bool = True
+
+
+class _ConnectionNotifee(INotifee):
+    """Turns libp2p's per-connection callbacks into one event per peer."""
+
+    def __init__(self, net: Libp2pNetwork) -> None:
+        self._net = net
+
+    async def connected(self, network, conn) -> None:  # type: ignore[override]
+        self._net._on_connected(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network, conn) -> None:  # type: ignore[override]
+        self._net._on_disconnected(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network, stream) -> None:  # type: ignore[override]
+        pass
+
+    async def closed_stream(self, network, stream) -> None:  # type: ignore[override]
+        pass
+
+    async def listen(self, network, multiaddr) -> None:  # type: ignore[override]
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:  # type: ignore[override]
+        pass
+
+
+@dataclass(eq=False)
+class Libp2pNetwork:
+    """A started libp2p swarm network; see ``p2p.net.SwarmNetwork``."""
+
+    local_peer: str
+    events: trio.MemoryReceiveChannel[NetworkEvent]
+    stats: NetworkStats
+    listen_addrs: tuple[str, ...]
+    _host: object
+    _pubsub: Pubsub
+    _topic: str
+    _events_in: trio.MemorySendChannel[NetworkEvent]
+    _outbox: trio.MemorySendChannel[bytes]
+    _connected: set[str] = field(default_factory=set)
+    _unsent: int = 0
+
+    def connected_peers(self) -> frozenset[str]:
+        return frozenset(self._connected)
+
+    def topic_peers(self) -> frozenset[str]:
+        peers = self._pubsub.peer_topics.get(self._topic, set())
+        return frozenset(p.to_base58() for p in peers) & frozenset(self._connected)
+
+    async def publish(self, data: bytes) -> None:
+        if len(data) > MAX_FRAME_BYTES:
+            raise LocalProtocolError(f"message of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit")
+        self._unsent += 1
+        try:
+            await self._outbox.send(data)
+        except BaseException:
+            self._unsent -= 1  # cancelled or closed before it was queued
+            raise
+
+    async def drain(self) -> None:
+        # libp2p offers no event for "peer queue empty": poll (callers bound the wait).
+        while self._unsent or any(len(q) for q in self._pubsub.peer_queues.values()):
+            await trio.sleep(0.005)
+
+    async def dial(self, target: DialTarget) -> None:
+        """Dial one peer (raises on failure). Clears libp2p's 60 s negative cache first:
+        our peer book decides when to retry."""
+        peer_id = ID.from_base58(target.peer_id)
+        network = self._host.get_network()
+        negative = getattr(network, "_negative_peer_cache", None)
+        if negative is not None:
+            negative.evict(str(peer_id))
+        addrs = [multiaddr.Multiaddr(a) for a in target.addrs]
+        with trio.fail_after(DIAL_TIMEOUT):
+            await self._host.connect(PeerInfo(peer_id, addrs))
+
+    def _on_connected(self, peer: ID) -> None:
+        pid = peer.to_base58()
+        if pid not in self._connected:
+            self._connected.add(pid)
+            offer(self._events_in, PeerConnected(pid), self.stats)
+
+    def _on_disconnected(self, peer: ID) -> None:
+        pid = peer.to_base58()
+        if self._host.get_network().get_connections(peer):
+            return  # another connection to the same peer is still open
+        if pid in self._connected:
+            self._connected.discard(pid)
+            offer(self._events_in, PeerDisconnected(pid), self.stats)
+
+
+def _build_host(identity: Identity, listen: list[multiaddr.Multiaddr]):
+    key_pair = create_new_key_pair(identity.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, listen_addrs=listen)
+    swarm = host.get_network()
+    # Our peer book owns dialing: one attempt per dial (the reconnect loop retries with
+    # backoff), and no auto-connector redialling every address in the peerstore (it
+    # aims for 150 connections and chases clients long gone).
+    swarm.retry_config = RetryConfig(max_retries=0)
+    if hasattr(swarm, "auto_connector"):
+        swarm.auto_connector.maybe_connect = _no_auto_connect
+    return host
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Start a libp2p host on the swarm topic; hands a ``Libp2pNetwork`` to ``task_status``."""
+    listen = [multiaddr.Multiaddr(a) for a in cfg.listen_addrs]
+    host = _build_host(cfg.identity, listen)
+    gossipsub = GossipSub(
+        protocols=GOSSIP_PROTOCOLS,
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=1,
+        heartbeat_initial_delay=0.1,
+        adaptive_gossip_enabled=False,
+        spam_protection_enabled=False,
+    )
+    pubsub = Pubsub(host, gossipsub)
+    pubsub.counter = time.time_ns()  # not int(time.time()): see module docstring
+    events_in, events_out = trio.open_memory_channel[NetworkEvent](INBOX_SIZE)
+    outbox_in, outbox_out = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+    try:
+        async with host.run(listen_addrs=listen), background_trio_service(pubsub), background_trio_service(gossipsub):
+            await pubsub.wait_until_ready()
+            subscription = await pubsub.subscribe(cfg.topic) if cfg.subscribe else None
+            net = Libp2pNetwork(
+                local_peer=host.get_id().to_base58(),
+                events=events_out,
+                stats=NetworkStats(),
+                listen_addrs=tuple(str(a) for a in host.get_addrs()),
+                _host=host,
+                _pubsub=pubsub,
+                _topic=cfg.topic,
+                _events_in=events_in,
+                _outbox=outbox_in,
+            )
+            host.get_network().register_notifee(_ConnectionNotifee(net))
+            book = PeerBook(cfg.backoff_initial, cfg.backoff_max, random.Random())
+            for target in cfg.dial:
+                if target.peer_id != net.local_peer:
+                    book.add(target)
+            async with trio.open_nursery() as nursery:
+                if subscription is not None:
+                    nursery.start_soon(_drain_subscription, subscription, net)
+                nursery.start_soon(_send_loop, outbox_out, net)
+                nursery.start_soon(_reconnect_loop, book, net)
+                task_status.started(net)
+                await trio.sleep_forever()
+    finally:
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await host.close()
+
+
+async def _drain_subscription(subscription, net: Libp2pNetwork) -> None:
+    # Never blocks on our side: libp2p's subscription queue holds only 32.
+    while True:
+        msg = await subscription.get()
+        net.stats.received += 1
+        source = ID(msg.from_id).to_base58() if msg.from_id else ""
+        offer(net._events_in, MessageArrived(bytes(msg.data), source), net.stats)
+
+
+async def _send_loop(outbox: trio.MemoryReceiveChannel[bytes], net: Libp2pNetwork) -> None:
+    async for data in outbox:
+        # py-libp2p drops, silently, what does not fit in a peer's queue of 32: wait
+        # (bounded) for the fullest queue to drain before adding more.
+        with trio.move_on_after(1.0):
+            while any(len(q) >= PEER_QUEUE_HIGH_WATER for q in net._pubsub.peer_queues.values()):
+                await trio.sleep(0.002)
+        await net._pubsub.publish(net._topic, data)
+        net.stats.published += 1
+        net._unsent -= 1
+
+
+async def _reconnect_loop(book: PeerBook, net: Libp2pNetwork) -> None:
+    async def attempt(target: DialTarget) -> None:
+        try:
+            await net.dial(target)
+        except Exception as exc:  # libp2p raises many types for an unreachable peer
+            wait = book.dial_failed(target.peer_id, trio.current_time())
+            log.debug("dial %s failed (%s); next attempt in %.1fs", target.peer_id, exc, wait)
+        else:
+            book.dial_succeeded(target.peer_id)
+
+    while True:
+        due = book.due(trio.current_time(), net.connected_peers())
+        if due:
+            async with trio.open_nursery() as dials:
+                for target in due:
+                    dials.start_soon(attempt, target)
+        await trio.sleep(RECONNECT_TICK)

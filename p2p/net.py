@@ -1,0 +1,85 @@
+"""The interface every swarm network offers to the layers above (libp2p or in-memory).
+
+A network is started as a service (``await nursery.start(run_..., task_status=...)``)
+and hands back a ``SwarmNetwork``. It delivers ``NetworkEvent``s through one bounded
+channel, ``events``: when that channel is full the newest event is dropped and counted
+in ``stats.inbound_dropped`` (receivers must keep up, and the protocol above recovers
+lost messages). Publishing goes through one bounded outbox drained by a single sender
+task; ``publish`` waits while the outbox is full, so a fast producer is slowed instead
+of silently losing messages.
+
+A peer's own published messages are delivered back to it, as libp2p pubsub does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+# The largest message any network accepts. py-libp2p silently drops frames of 1 MiB
+# and more; leave room for the pubsub framing.
+MAX_FRAME_BYTES = 1_000_000
+INBOX_SIZE = 1024
+OUTBOX_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class MessageArrived:
+    data: bytes
+    source: str  # transport-level publisher's peer id; the envelope names the signer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    peer: str
+
+
+NetworkEvent = MessageArrived | PeerConnected | PeerDisconnected
+
+
+@dataclass(slots=True)
+class NetworkStats:
+    published: int = 0
+    received: int = 0
+    inbound_dropped: int = 0  # events lost because ``events`` was full
+
+
+class SwarmNetwork(Protocol):
+    local_peer: str
+    events: trio.MemoryReceiveChannel[NetworkEvent]
+    stats: NetworkStats
+
+    def connected_peers(self) -> frozenset[str]:
+        """Peers with an open connection to us."""
+        ...
+
+    def topic_peers(self) -> frozenset[str]:
+        """Connected peers known to be subscribed to the swarm topic."""
+        ...
+
+    async def publish(self, data: bytes) -> None:
+        """Queue ``data`` for the swarm topic; waits while the outbox is full.
+
+        Raises ``LocalProtocolError`` if ``data`` exceeds ``MAX_FRAME_BYTES``."""
+        ...
+
+    async def drain(self) -> None:
+        """Return once everything published so far has been handed to the transport."""
+        ...
+
+
+def offer(send: trio.MemorySendChannel[NetworkEvent], event: NetworkEvent, stats: NetworkStats) -> None:
+    """Deliver ``event`` without ever blocking the caller: drop it (counted) when full."""
+    try:
+        send.send_nowait(event)
+    except trio.WouldBlock:
+        stats.inbound_dropped += 1
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass

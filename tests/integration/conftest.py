@@ -1,0 +1,67 @@
+"""Real peers as separate processes on 127.0.0.1, started through the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.procs import PeerProcess, free_tcp_ports
+from agents.swarm_init import SWARM_FILE, init_swarm
+from p2p.swarmfile import SwarmConfig
+
+JOIN_TIMEOUT = 30.0
+DELIVERY_TIMEOUT = 20.0
+
+
+class Swarm:
+    def __init__(self, directory: Path, cfg: SwarmConfig) -> None:
+        self.dir, self.cfg = directory, cfg
+        self.file = directory / SWARM_FILE
+        self.procs: list[PeerProcess] = []
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.key"
+
+    def start(self, name: str, *extra: str, key: Path | None = None) -> PeerProcess:
+        args = ["--swarm", str(self.file), "--key", str(key or self.key(name)), "--data", str(self.dir / name), *extra]
+        proc = PeerProcess(name, args)
+        self.procs.append(proc)
+        return proc
+
+    def start_all(self, *extra: str) -> dict[str, PeerProcess]:
+        peers = {v.name: self.start(v.name, *extra) for v in self.cfg.validators}
+        for p in peers.values():
+            wait_joined(p, {v.name for v in self.cfg.validators} - {p.name})
+        return peers
+
+
+def wait_joined(proc: PeerProcess, names: set[str], timeout: float = JOIN_TIMEOUT) -> None:
+    """Until ``proc`` has a live connection to every peer in ``names``."""
+
+    def connected(events: list[dict]) -> bool:
+        live: set[str] = set()
+        for e in events:
+            if e["event"] == "peer_joined":
+                live.add(e["peer"])
+            elif e["event"] == "peer_left":
+                live.discard(e["peer"])
+        return names <= live
+
+    proc.wait_for(connected, timeout, f"connected to {sorted(names)}")
+
+
+def received(proc: PeerProcess, motion_id: str) -> int:
+    return len([e for e in proc.named("motion_received") if e["motion_id"] == motion_id])
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[Swarm]:
+    cfg = init_swarm(tmp_path, 4, "itest", free_tcp_ports(4))
+    s = Swarm(tmp_path, cfg)
+    try:
+        yield s
+    finally:
+        for p in s.procs:
+            p.kill()
