@@ -1,15 +1,17 @@
-"""The agent peer service: validates what the network delivers and logs what happens.
+"""The agent peer service: what a peer does with what the network delivers.
 
 ``serve_peer`` is transport-agnostic: it takes a started ``SwarmNetwork`` (libp2p in
-production, ``p2p.memnet`` in fast tests). Every incoming message passes the
-``MessageValidator`` before anything else looks at it; a rejection is counted and
-logged at debug level and never escapes the receive loop.
+production, ``p2p.memnet`` in fast tests) that was started with this peer's
+``PeerGate``. The gate runs the ``MessageValidator`` on every incoming message before
+anything else looks at it, and before libp2p relays it; a rejection is counted, logged
+at debug level, and never escapes the receive path.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -18,7 +20,7 @@ from agents import __version__
 from agents.logs import emit
 from agents.motion_store import MotionStore, StoredMotion
 from p2p.envelope import Envelope, MessageType
-from p2p.errors import RemoteProtocolError
+from p2p.errors import LocalProtocolError, RemoteProtocolError
 from p2p.keys import Identity
 from p2p.messages import Motion, Status
 from p2p.net import MessageArrived, PeerConnected, PeerDisconnected, SwarmNetwork
@@ -33,6 +35,22 @@ class PeerStats:
     motions: int = 0
     duplicates: int = 0
     rejected: Counter = field(default_factory=Counter)
+
+
+class PeerGate:
+    """The network's gate (``p2p.net.Gate``): full validation before delivery or relay."""
+
+    def __init__(self, swarm: SwarmConfig, clock: Callable[[], float] = trio.current_time) -> None:
+        self.validator = MessageValidator(swarm)
+        self._clock = clock
+
+    def admit(self, data: bytes, source: str) -> Accepted | None:
+        try:
+            return self.validator.validate(data, self._clock())
+        except RemoteProtocolError as exc:
+            emit(log, "message_rejected", f"rejected message via {source}: {exc}", logging.DEBUG,
+                 reason=exc.reason.value, detail=exc.detail, source=source, bytes=len(data))
+            return None
 
 
 class Outbox:
@@ -69,17 +87,18 @@ async def serve_peer(
     swarm: SwarmConfig,
     identity: Identity,
     net: SwarmNetwork,
+    gate: PeerGate,
     store: MotionStore,
     *,
     first_seq: int,
     listen_addrs: tuple[str, ...] = (),
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the peer on a started network until cancelled."""
+    """Run the peer on a network started with ``gate``, until cancelled."""
     me = swarm.validator_by_key(identity.public_key)
     role = "validator" if me else "observer"
     name = me.name if me else describe_sender(swarm, peer_id=net.local_peer)
-    validator = MessageValidator(swarm)
+    validator = gate.validator
     stats = PeerStats(rejected=validator.rejected)
     outbox = Outbox(swarm, identity, net, first_seq)
     emit(
@@ -97,7 +116,9 @@ async def serve_peer(
             task_status.started(stats)
             async for event in net.events:
                 if isinstance(event, MessageArrived):
-                    await _on_message(swarm, validator, store, stats, event)
+                    if not isinstance(event.verdict, Accepted):
+                        raise LocalProtocolError("the network was not started with this peer's gate")
+                    await _on_accepted(swarm, store, stats, event.verdict)
                 elif isinstance(event, PeerConnected):
                     who = describe_sender(swarm, peer_id=event.peer)
                     emit(log, "peer_joined", f"peer joined: {who} ({event.peer})", peer=who, peer_id=event.peer,
@@ -114,7 +135,7 @@ async def serve_peer(
             f"{sum(rejected.values())} rejected{' ' + str(rejected) if rejected else ''}, {stats.duplicates} duplicates, "
             f"{net.stats.inbound_dropped} dropped on overflow",
             name=name, motions=stats.motions, accepted=validator.accepted, rejected=rejected,
-            duplicates=stats.duplicates, inbound_dropped=net.stats.inbound_dropped,
+            duplicates=stats.duplicates, inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
         )
 
 
@@ -125,15 +146,7 @@ async def _announce_status(outbox: Outbox, status: Status, interval: float) -> N
         await trio.sleep(interval)
 
 
-async def _on_message(
-    swarm: SwarmConfig, validator: MessageValidator, store: MotionStore, stats: PeerStats, event: MessageArrived
-) -> None:
-    try:
-        accepted = validator.validate(event.data, trio.current_time())
-    except RemoteProtocolError as exc:
-        emit(log, "message_rejected", f"rejected message via {event.source}: {exc}", logging.DEBUG,
-             reason=exc.reason.value, detail=exc.detail, source=event.source, bytes=len(event.data))
-        return
+async def _on_accepted(swarm: SwarmConfig, store: MotionStore, stats: PeerStats, accepted: Accepted) -> None:
     if accepted.type is MessageType.MOTION:
         await _on_motion(swarm, store, stats, accepted)
     elif accepted.type is MessageType.STATUS:

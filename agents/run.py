@@ -13,7 +13,7 @@ import trio
 
 from agents.logs import emit
 from agents.motion_store import MotionStore
-from agents.peer import Outbox, serve_peer
+from agents.peer import Outbox, PeerGate, serve_peer
 from p2p.envelope import MessageType
 from p2p.errors import ConfigError
 from p2p.keys import Identity
@@ -67,16 +67,17 @@ class PeerOptions:
 async def run_peer_process(opts: PeerOptions) -> None:
     """A peer until SIGINT or SIGTERM; then a clean shutdown (bounded, under 2 s)."""
     store = MotionStore(opts.data_dir)
+    gate = PeerGate(opts.swarm)
     p = opts.swarm.params
     cfg = NetworkConfig(opts.identity, opts.swarm.topic, opts.listen, opts.dial,
-                        p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000)
+                        p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 net = await nursery.start(run_libp2p_network, cfg)
                 await nursery.start(
                     lambda task_status: serve_peer(
-                        opts.swarm, opts.identity, net, store, first_seq=time.time_ns(),
+                        opts.swarm, opts.identity, net, gate, store, first_seq=time.time_ns(),
                         listen_addrs=net.listen_addrs, task_status=task_status,
                     )
                 )
@@ -108,6 +109,7 @@ async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: 
         env = await Outbox(swarm, identity, net, time.time_ns()).send(MessageType.MOTION, motion.encode())
         with trio.move_on_after(timeout):
             await net.drain()
+            await net.settle()
         reached = sorted(net.topic_peers())
         nursery.cancel_scope.cancel()
     return {"motion_id": env.message_id.hex(), "peers": len(reached), "options": list(motion.options)}

@@ -34,6 +34,7 @@ from p2p.errors import LocalProtocolError
 from p2p.net import (
     INBOX_SIZE,
     MAX_FRAME_BYTES,
+    Gate,
     OUTBOX_SIZE,
     MessageArrived,
     NetworkEvent,
@@ -193,8 +194,9 @@ class MemoryNetwork:
 class MemoryEndpoint:
     """One peer's view of a ``MemoryNetwork``; satisfies ``p2p.net.SwarmNetwork``."""
 
-    def __init__(self, net: MemoryNetwork, peer_id: str) -> None:
+    def __init__(self, net: MemoryNetwork, peer_id: str, gate: Gate | None = None) -> None:
         self.local_peer = peer_id
+        self._gate = gate
         self.stats = NetworkStats()
         self._net = net
         self._events_in, self.events = trio.open_memory_channel[NetworkEvent](INBOX_SIZE)
@@ -228,6 +230,12 @@ class MemoryEndpoint:
             await self._idle.park()
 
     def _arrive(self, event: MessageArrived) -> None:
+        if self._gate is not None:
+            verdict = self._gate.admit(event.data, event.source)
+            if verdict is None:
+                self.stats.gated += 1
+                return
+            event = MessageArrived(event.data, event.source, verdict)
         self.stats.received += 1
         offer(self._events_in, event, self.stats)
 
@@ -256,12 +264,16 @@ class MemoryEndpoint:
 
 
 async def run_memory_endpoint(
-    net: MemoryNetwork, peer_id: str, *, task_status: trio.TaskStatus[MemoryEndpoint] = trio.TASK_STATUS_IGNORED
+    net: MemoryNetwork,
+    peer_id: str,
+    *,
+    gate: Gate | None = None,
+    task_status: trio.TaskStatus[MemoryEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Attach ``peer_id`` to ``net`` and hand its ``MemoryEndpoint`` to ``task_status``;
     runs until cancelled, then detaches (the others see ``PeerDisconnected``) and closes
     ``events``, dropping whatever was still in flight to it."""
-    endpoint = MemoryEndpoint(net, peer_id)
+    endpoint = MemoryEndpoint(net, peer_id, gate)
     net._attach(endpoint)
     try:
         async with trio.open_nursery() as nursery:

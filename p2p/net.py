@@ -9,6 +9,11 @@ task; ``publish`` waits while the outbox is full, so a fast producer is slowed i
 of silently losing messages.
 
 A peer's own published messages are delivered back to it, as libp2p pubsub does.
+
+Every incoming message first passes the network's ``Gate`` (when one is given): the
+gate's verdict travels with the message in ``MessageArrived.verdict``, and a message
+the gate refuses (``None``) is neither delivered nor relayed to other peers, so a bad
+message stops at the first honest peer instead of flooding the mesh.
 """
 
 from __future__ import annotations
@@ -25,10 +30,19 @@ INBOX_SIZE = 1024
 OUTBOX_SIZE = 256
 
 
+class Gate(Protocol):
+    def admit(self, data: bytes, source: str) -> object | None:
+        """A verdict for an incoming message (delivered with it), or None to drop it.
+
+        Runs in the receive path: it must be quick, must not block, must not raise."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageArrived:
     data: bytes
-    source: str  # transport-level publisher's peer id; the envelope names the signer
+    source: str  # peer id of the peer that handed it to us (the envelope names the signer)
+    verdict: object | None = None  # what the gate returned, if there is a gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +60,9 @@ NetworkEvent = MessageArrived | PeerConnected | PeerDisconnected
 
 @dataclass(slots=True)
 class NetworkStats:
-    published: int = 0
-    received: int = 0
+    published: int = 0  # handed to the transport, by the single sender task
+    received: int = 0  # delivered into ``events`` (own messages included), after the gate
+    gated: int = 0  # refused by the gate: not delivered, not relayed
     inbound_dropped: int = 0  # events lost because ``events`` was full
 
 

@@ -70,6 +70,7 @@ async def send_raw(cfg: SwarmConfig, attacker: Identity, messages: list[bytes]) 
             for data in messages:
                 await net.publish(data)
             await net.drain()
+            await net.settle()
         nursery.cancel_scope.cancel()
 
 
