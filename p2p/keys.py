@@ -111,8 +111,12 @@ def read_key_file(path: Path) -> Identity:
     """Load a key file; refuses one that group or others may read (as ssh does)."""
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: not a regular file")
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file (create one with `conclave keys new {path}`)") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open; "
@@ -122,6 +126,8 @@ def read_key_file(path: Path) -> Identity:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path}: not a Conclave key file ({exc})") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
     if doc.get("type") != "ed25519":
         raise KeyFileError(f"{path}: field 'type' must be \"ed25519\", got {doc.get('type')!r}")
     seed_hex = doc.get("seed")

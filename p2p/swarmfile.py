@@ -101,13 +101,19 @@ class SwarmConfig:
 
 
 def compute_swarm_id(cfg: SwarmConfig) -> bytes:
-    """sha256 over the genesis: name, topic, version and the validator set, in order."""
+    """sha256 over the genesis: name, topic, version, the validator set in order, and
+    every parameter, so that peers holding different parameters (and so judging
+    messages differently) cannot take themselves for the same swarm. Addresses are left
+    out: a validator may move without forking the swarm."""
+    params = [[name, getattr(cfg.params, name)] for name in Params.LIMITS]
+    params.append(["allowed_models", list(cfg.params.allowed_models)])
     genesis = [
         "conclave/swarm-id/v1",
         cfg.name,
         cfg.topic,
         cfg.protocol_version,
         [[v.name, v.public_key, v.power] for v in cfg.validators],
+        params,
     ]
     return hashlib.sha256(msgpack.packb(genesis, use_bin_type=True)).digest()
 
@@ -124,11 +130,12 @@ class _Fields:
 
     def __init__(self, path: Path, where: str, table: Any) -> None:
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {where} must be a table")
+            raise ConfigError(f"{path}: {where or 'the file'} must be a table")
         self.path, self.where, self.table, self.used = path, where, table, set()
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.where}.{key}: {problem}")
+        field = f"{self.where}.{key}" if self.where else key
+        return ConfigError(f"{self.path}: {field}: {problem}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         self.used.add(key)
@@ -233,7 +240,7 @@ def load_swarm_file(path: Path) -> SwarmConfig:
         raise ConfigError(f"{path}: no such swarm file (create one with `conclave swarm init DIR`)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    top = _Fields(path, "<top>", doc)
+    top = _Fields(path, "", doc)
     sw = _Fields(path, "swarm", top.get("swarm", dict))
     name = sw.get("name", str)
     if not _NAME_RE.match(name):

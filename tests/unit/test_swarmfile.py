@@ -310,7 +310,7 @@ def test_broken_file_names_the_field(tmp_path, edit, field):
     message = str(info.value)
     prefix = f"{path}: "
     assert message.startswith(prefix), message
-    named = message[len(prefix) :].removeprefix("<top>.")
+    named = message[len(prefix) :]
     assert named.startswith(f"{field}:") or named.startswith(f"{field} "), message
 
 
@@ -374,3 +374,15 @@ def test_multiaddr_problem(addr, ok):
     else:
         assert isinstance(problem, str)
         assert repr(addr) in problem
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{name: Params.LIMITS[name][1]} for name in Params.LIMITS] + [{"allowed_models": ("ab" * 32,)}],
+    ids=[*Params.LIMITS, "allowed_models"],
+)
+def test_swarm_id_changes_with_every_parameter(change):
+    base = make_swarm()
+    changed = SwarmConfig(base.name, base.topic, base.protocol_version, base.validators, replace(base.params, **change))
+    assert changed.params != base.params
+    assert changed.swarm_id != base.swarm_id

@@ -61,10 +61,13 @@ def raw(
     return Envelope(version, swarm_id, int(mtype), identity.public_key, seq, payload, identity.sign(body)).encode()
 
 
-def forged(identity: Identity, seq: int = 1, payload: bytes = MOTION, mtype: int = MessageType.MOTION) -> bytes:
+def forged(
+    identity: Identity, seq: int = 1, payload: bytes = MOTION, mtype: int = MessageType.MOTION,
+    swarm_id: bytes = SWARM.swarm_id,
+) -> bytes:
     """Claims to come from ``identity`` but is signed by someone else."""
-    body = signing_bytes(1, SWARM.swarm_id, int(mtype), identity.public_key, seq, payload)
-    return Envelope(1, SWARM.swarm_id, int(mtype), identity.public_key, seq, payload, OTHER_CLIENT.sign(body)).encode()
+    body = signing_bytes(1, swarm_id, int(mtype), identity.public_key, seq, payload)
+    return Envelope(1, swarm_id, int(mtype), identity.public_key, seq, payload, OTHER_CLIENT.sign(body)).encode()
 
 
 def reject_reason(validator: MessageValidator, data: bytes, now: float = 0.0) -> RejectReason:
@@ -297,12 +300,12 @@ def test_replay_window_keeps_recently_used_clients():
 
 def test_validators_replays_are_caught_after_many_clients():
     v = make_validator(max_tracked_senders=16, client_burst=10)
-    first = raw(VALIDATOR_IDS[0], seq=1)
+    first = raw(VALIDATOR_IDS[0], seq=1, swarm_id=v.swarm.swarm_id)
     v.validate(first, 0.0)
-    client_first = raw(CLIENT, seq=1)
+    client_first = raw(CLIENT, seq=1, swarm_id=v.swarm.swarm_id)
     v.validate(client_first, 0.0)
     for i in range(40):
-        v.validate(raw(Identity(bytes([0x80 + i]) * 32), seq=1), 0.0)
+        v.validate(raw(Identity(bytes([0x80 + i]) * 32), seq=1, swarm_id=v.swarm.swarm_id), 0.0)
     assert reject_reason(v, first) is RejectReason.REPLAY
     # the first client was evicted: its old message is accepted again
     assert isinstance(v.validate(client_first, 0.0), Accepted)
@@ -352,18 +355,18 @@ def test_token_buckets_are_per_sender_and_bounded():
 
 def test_clients_are_rate_limited_and_refill_through_the_validator():
     v = make_validator(client_rate_per_s=2.0, client_burst=2)
-    assert isinstance(v.validate(raw(CLIENT, seq=1), 0.0), Accepted)
-    assert isinstance(v.validate(raw(CLIENT, seq=2), 0.0), Accepted)
-    assert reject_reason(v, raw(CLIENT, seq=3), now=0.0) is RejectReason.RATE_LIMITED
-    assert isinstance(v.validate(raw(CLIENT, seq=4), 0.5), Accepted)  # one token back
-    assert reject_reason(v, raw(CLIENT, seq=5), now=0.5) is RejectReason.RATE_LIMITED
+    assert isinstance(v.validate(raw(CLIENT, seq=1, swarm_id=v.swarm.swarm_id), 0.0), Accepted)
+    assert isinstance(v.validate(raw(CLIENT, seq=2, swarm_id=v.swarm.swarm_id), 0.0), Accepted)
+    assert reject_reason(v, raw(CLIENT, seq=3, swarm_id=v.swarm.swarm_id), now=0.0) is RejectReason.RATE_LIMITED
+    assert isinstance(v.validate(raw(CLIENT, seq=4, swarm_id=v.swarm.swarm_id), 0.5), Accepted)  # one token back
+    assert reject_reason(v, raw(CLIENT, seq=5, swarm_id=v.swarm.swarm_id), now=0.5) is RejectReason.RATE_LIMITED
     assert v.rejected[RejectReason.RATE_LIMITED] == 2
 
 
 def test_validators_are_not_rate_limited():
     v = make_validator(client_rate_per_s=0.001, client_burst=1)
     for seq in range(1, 201):
-        assert isinstance(v.validate(raw(VALIDATOR_IDS[1], seq=seq), 0.0), Accepted)
+        assert isinstance(v.validate(raw(VALIDATOR_IDS[1], seq=seq, swarm_id=v.swarm.swarm_id), 0.0), Accepted)
     assert v.accepted == 200
     assert not v.rejected
 
@@ -386,8 +389,8 @@ def test_forged_message_does_not_advance_the_real_senders_replay_window():
 def test_forged_messages_do_not_spend_the_real_clients_tokens():
     v = make_validator(client_burst=1)
     for seq in range(1, 6):
-        assert reject_reason(v, forged(CLIENT, seq=seq)) is RejectReason.BAD_SIGNATURE
-    assert isinstance(v.validate(raw(CLIENT, seq=1), 0.0), Accepted)
+        assert reject_reason(v, forged(CLIENT, seq=seq, swarm_id=v.swarm.swarm_id)) is RejectReason.BAD_SIGNATURE
+    assert isinstance(v.validate(raw(CLIENT, seq=1, swarm_id=v.swarm.swarm_id), 0.0), Accepted)
 
 
 # --- arbitrary input ------------------------------------------------------------------

@@ -30,9 +30,19 @@ def example() -> dict[str, str]:
     ids = [Identity(bytes(range(32 * i, 32 * i + 32))) for i in range(len(NAMES))]
     validators = tuple(Validator(n, i.peer_id, i.public_key, 1) for n, i in zip(NAMES, ids, strict=True))
     swarm = SwarmConfig("example", default_topic("example"), PROTOCOL_VERSION, validators)
+    # Written out as section 5 of the document lists it, not taken from the code's tables.
+    params = [
+        [name, getattr(swarm.params, name)]
+        for name in (
+            "max_message_bytes", "replay_window", "max_tracked_senders", "client_rate_per_s", "client_burst",
+            "status_interval_ms", "dial_backoff_initial_ms", "dial_backoff_max_ms", "timeout_propose_ms",
+            "timeout_prevote_ms", "timeout_precommit_ms", "timeout_delta_ms", "checkpoint_interval",
+        )
+    ] + [["allowed_models", []]]
+    assert isinstance(swarm.params.client_rate_per_s, float)  # encoded as float 64
     genesis = msgpack.packb(
         ["conclave/swarm-id/v1", swarm.name, swarm.topic, swarm.protocol_version,
-         [[v.name, v.public_key, v.power] for v in validators]],
+         [[v.name, v.public_key, v.power] for v in validators], params],
         use_bin_type=True,
     )
     payload = Motion("Adopt the wire format?", ("approve", "reject")).encode()
