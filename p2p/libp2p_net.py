@@ -39,7 +39,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p.errors import LocalProtocolError
+from p2p.errors import ConfigError, LocalProtocolError
 from p2p.keys import Identity
 from p2p.net import (
     INBOX_SIZE,
@@ -234,8 +234,12 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
     events_in, events_out = trio.open_memory_channel[NetworkEvent](INBOX_SIZE)
     outbox_in, outbox_out = trio.open_memory_channel[bytes](OUTBOX_SIZE)
     try:
-        async with host.run(listen_addrs=listen), background_trio_service(pubsub), background_trio_service(gossipsub):
+        # Pubsub first: entering host.run() before pubsub is started can crash it (DESIGN.md).
+        async with background_trio_service(pubsub), background_trio_service(gossipsub), host.run(listen_addrs=listen):
             await pubsub.wait_until_ready()
+            if listen and not host.get_addrs():
+                # libp2p logs a failed bind at debug and carries on listening on nothing.
+                raise ConfigError(f"cannot listen on {', '.join(cfg.listen_addrs)} (address in use?)")
             subscription = await pubsub.subscribe(cfg.topic) if cfg.subscribe else None
             net = Libp2pNetwork(
                 local_peer=host.get_id().to_base58(),

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from agents.procs import propose_json
+from agents.procs import PeerProcess, propose_json
 from p2p.keys import Identity, write_key_file
 from tests.integration.conftest import DELIVERY_TIMEOUT, Swarm, received, wait_joined
 
@@ -68,3 +68,23 @@ def test_observer_receives_motions_without_being_a_validator(swarm: Swarm) -> No
     motion = propose_json(swarm.file, client_key(swarm), "Seen by observers too?")["motion_id"]
     observer.wait_event("motion_received", DELIVERY_TIMEOUT, motion_id=motion)
     assert received(observer, motion) == 1
+
+
+def test_a_peer_that_was_down_is_dialled_again_until_it_answers(swarm: Swarm) -> None:
+    """v4 starts late and does not dial anyone itself (its copy of the swarm file lists
+    no addresses, which leaves the swarm id unchanged): the others' reconnect loops,
+    retrying with backoff since they started, must be what connects it."""
+    early = {name: swarm.start(name) for name in ("v1", "v2", "v3")}
+    for p in early.values():
+        wait_joined(p, {"v1", "v2", "v3"} - {p.name})
+        # They have tried v4 and failed at least once by now (it is not listening).
+    silent = swarm.dir / "no-addrs.toml"
+    text = swarm.file.read_text()
+    silent.write_text("\n".join(line for line in text.splitlines() if not line.startswith("addrs = ")))
+    v4 = PeerProcess("v4", ["--swarm", str(silent), "--key", str(swarm.key("v4")),
+                            "--listen", swarm.cfg.validators[3].addrs[0]])
+    swarm.procs.append(v4)
+    assert v4.wait_event("peer_started", DELIVERY_TIMEOUT)["role"] == "validator"
+    for p in early.values():
+        wait_joined(p, {"v4"})
+    wait_joined(v4, {"v1", "v2", "v3"})
