@@ -42,8 +42,11 @@ class MotionStore:
         except OSError as exc:
             raise ConfigError(f"--data {data_dir}: cannot create directory ({exc.strerror})") from None
         path = data_dir / FILE_NAME
-        self._load(path)
-        self._file = open(path, "ab")
+        try:
+            self._load(path)
+            self._file = open(path, "ab")
+        except OSError as exc:
+            raise ConfigError(f"--data {data_dir}: cannot use {path} ({exc.strerror})") from None
 
     def _load(self, path: Path) -> None:
         if not path.exists():

@@ -127,6 +127,7 @@ async def serve_peer(
                     who = describe_sender(swarm, peer_id=event.peer)
                     emit(log, "peer_left", f"peer left: {who} ({event.peer})", peer=who, peer_id=event.peer,
                          connected=len(net.connected_peers()))
+            nursery.cancel_scope.cancel()  # the network has stopped: so do we
     finally:
         rejected = {r.value: n for r, n in sorted(stats.rejected.items())}
         emit(
