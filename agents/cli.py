@@ -34,10 +34,14 @@ def _cmd_keys_show(args: argparse.Namespace) -> int:
 
 def _cmd_swarm_init(args: argparse.Namespace) -> int:
     from agents.swarm_init import SWARM_FILE, init_swarm
+    from p2p.swarmfile import multiaddr_problem
 
     ports = list(range(args.base_port, args.base_port + args.validators))
-    if ports[-1] > 65535:
-        raise ConfigError(f"--base-port {args.base_port}: ports would exceed 65535")
+    if args.base_port < 1 or (ports and ports[-1] > 65535):
+        raise ConfigError(f"--base-port {args.base_port}: ports must lie within 1-65535")
+    problem = multiaddr_problem(f"/ip4/{args.host}/tcp/{args.base_port}")
+    if problem:
+        raise ConfigError(f"--host {args.host}: {problem}")
     cfg = init_swarm(Path(args.dir), args.validators, args.name, ports, args.host)
     print(f"swarm {cfg.name} ({cfg.swarm_id.hex()[:16]}…) written to {Path(args.dir) / SWARM_FILE}")
     for v in cfg.validators:
@@ -141,12 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConclaveError as exc:
         print(f"conclave: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap an error raised inside them in an exception group.
+        errors = _leaves(group)
+        if not all(isinstance(e, ConclaveError) for e in errors):
+            raise
+        print(f"conclave: error: {errors[0]}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -132,9 +132,9 @@ async def serve_peer(
         rejected = {r.value: n for r, n in sorted(stats.rejected.items())}
         emit(
             log, "peer_stopped",
-            f"peer {name} stopped: {stats.motions} motions, {validator.accepted} messages accepted, "
-            f"{sum(rejected.values())} rejected{' ' + str(rejected) if rejected else ''}, {stats.duplicates} duplicates, "
-            f"{net.stats.inbound_dropped} dropped on overflow",
+            f"peer {name} stopped: motions {stats.motions}, messages accepted {validator.accepted}, "
+            f"rejected {sum(rejected.values())}{' ' + str(rejected) if rejected else ''}, "
+            f"duplicates {stats.duplicates}, dropped on overflow {net.stats.inbound_dropped}",
             name=name, motions=stats.motions, accepted=validator.accepted, rejected=rejected,
             duplicates=stats.duplicates, inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
         )

@@ -101,11 +101,11 @@ async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: 
         # short grace so that the motion leaves on as many links as possible.
         with trio.move_on_after(timeout):
             await _wait_until(lambda: bool(net.topic_peers()))
-        with trio.move_on_after(PROPOSE_GRACE):
-            await _wait_until(lambda: wanted <= net.topic_peers())
         if not net.topic_peers():
             nursery.cancel_scope.cancel()
             raise ConfigError(f"no swarm peer reachable within {timeout}s (dialled {len(wanted)})")
+        with trio.move_on_after(PROPOSE_GRACE):
+            await _wait_until(lambda: wanted <= net.topic_peers())
         env = await Outbox(swarm, identity, net, time.time_ns()).send(MessageType.MOTION, motion.encode())
         with trio.move_on_after(timeout):
             await net.drain()

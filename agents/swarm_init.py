@@ -22,8 +22,10 @@ def init_swarm(
         raise ConfigError("one port per validator is needed")
     directory.mkdir(parents=True, exist_ok=True)
     swarm_path = directory / SWARM_FILE
-    if swarm_path.exists():
-        raise ConfigError(f"{swarm_path}: already exists; refusing to overwrite a swarm")
+    # Check every file first, so a refusal leaves nothing half-written behind.
+    for path in [swarm_path] + [directory / f"v{i}.key" for i in range(1, validators + 1)]:
+        if path.exists():
+            raise ConfigError(f"{path}: already exists; refusing to overwrite a swarm")
     members = []
     for i in range(1, validators + 1):
         identity = Identity.generate()

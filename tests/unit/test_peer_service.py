@@ -477,8 +477,8 @@ async def test_peer_stopped_reports_the_counters_on_cancellation(
                 "duplicates": 0, "inbound_dropped": 0, "published": 0,
             }
             assert rec.msg == (
-                f"peer {client_name(OBSERVER)} stopped: 1 motions, 5 messages accepted, "
-                "1 rejected {'undecodable': 1}, 0 duplicates, 0 dropped on overflow"
+                f"peer {client_name(OBSERVER)} stopped: motions 1, messages accepted 5, "
+                "rejected 1 {'undecodable': 1}, duplicates 0, dropped on overflow 0"
             )
             await recorder.wait_each(["v1", "v2", "v3", "v4"], "peer_left")
 
