@@ -233,27 +233,29 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
     pubsub.counter = time.time_ns()  # not int(time.time()): see module docstring
     events_in, events_out = trio.open_memory_channel[NetworkEvent](INBOX_SIZE)
     outbox_in, outbox_out = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+    net = Libp2pNetwork(
+        local_peer=host.get_id().to_base58(),
+        events=events_out,
+        stats=NetworkStats(),
+        listen_addrs=(),
+        _host=host,
+        _pubsub=pubsub,
+        _topic=cfg.topic,
+        _events_in=events_in,
+        _outbox=outbox_in,
+    )
+    # Both hooks go in before the host runs, so no early connection or message escapes them.
+    host.get_network().register_notifee(_ConnectionNotifee(net))
+    pubsub.set_topic_validator(cfg.topic, _gate_hook(cfg.gate, net), is_async_validator=False)
     try:
         # Pubsub first: entering host.run() before pubsub is started can crash it (DESIGN.md).
         async with background_trio_service(pubsub), background_trio_service(gossipsub), host.run(listen_addrs=listen):
             await pubsub.wait_until_ready()
-            if listen and not host.get_addrs():
+            net.listen_addrs = tuple(str(a) for a in host.get_addrs())
+            if listen and not net.listen_addrs:
                 # libp2p logs a failed bind at debug and carries on listening on nothing.
                 raise ConfigError(f"cannot listen on {', '.join(cfg.listen_addrs)} (address in use?)")
             subscription = await pubsub.subscribe(cfg.topic) if cfg.subscribe else None
-            net = Libp2pNetwork(
-                local_peer=host.get_id().to_base58(),
-                events=events_out,
-                stats=NetworkStats(),
-                listen_addrs=tuple(str(a) for a in host.get_addrs()),
-                _host=host,
-                _pubsub=pubsub,
-                _topic=cfg.topic,
-                _events_in=events_in,
-                _outbox=outbox_in,
-            )
-            host.get_network().register_notifee(_ConnectionNotifee(net))
-            pubsub.set_topic_validator(cfg.topic, _gate_hook(cfg.gate, net), is_async_validator=False)
             book = PeerBook(cfg.backoff_initial, cfg.backoff_max, random.Random())
             for target in cfg.dial:
                 if target.peer_id != net.local_peer:
