@@ -260,16 +260,30 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
             for target in cfg.dial:
                 if target.peer_id != net.local_peer:
                     book.add(target)
-            async with trio.open_nursery() as nursery:
-                if subscription is not None:
-                    nursery.start_soon(_drain_subscription, subscription, net)
-                nursery.start_soon(_send_loop, outbox_out, net)
-                nursery.start_soon(_reconnect_loop, book, net)
-                task_status.started(net)
-                await trio.sleep_forever()
+            try:
+                async with trio.open_nursery() as nursery:
+                    if subscription is not None:
+                        nursery.start_soon(_drain_subscription, subscription, net)
+                    nursery.start_soon(_send_loop, outbox_out, net)
+                    nursery.start_soon(_reconnect_loop, book, net)
+                    task_status.started(net)
+                    await trio.sleep_forever()
+            finally:
+                # Stop accepting before the connections go: otherwise the peers, seeing
+                # us leave, redial at once, get in, and see us leave a second time.
+                with trio.move_on_after(CLOSE_TIMEOUT / 3, shield=True):
+                    await _close_listeners(host)
     finally:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             await host.close()
+
+
+async def _close_listeners(host) -> None:
+    for listener in list(host.get_network().listeners.values()):
+        try:
+            await listener.close()
+        except Exception as exc:  # already closing: nothing to do
+            log.debug("closing listener: %s", exc)
 
 
 def _gate_hook(gate: Gate | None, net: Libp2pNetwork):
