@@ -1,0 +1,54 @@
+"""Evidence of equivocation: two signed votes by one validator for the same height,
+round and type but different values. Anyone holding the validator set can check it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.errors import LocalProtocolError, RemoteProtocolError
+from consensus.types import SignedVote, ValidatorSet, pack, unpack
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateVoteEvidence:
+    """Canonical order (``first.value`` sorts before ``second.value``, nil first) so the
+    same misbehaviour always yields the same evidence bytes."""
+
+    first: SignedVote
+    second: SignedVote
+
+    def __post_init__(self) -> None:
+        a, b = self.first.vote, self.second.vote
+        if (a.validator, a.height, a.round, a.type) != (b.validator, b.height, b.round, b.type):
+            raise LocalProtocolError("evidence votes must share validator, height, round and type")
+        if a.value == b.value:
+            raise LocalProtocolError("evidence votes must differ in value")
+        if _key(a.value) > _key(b.value):
+            raise LocalProtocolError("evidence votes must be in canonical order (use DuplicateVoteEvidence.of)")
+
+    @classmethod
+    def of(cls, x: SignedVote, y: SignedVote) -> DuplicateVoteEvidence:
+        return cls(x, y) if _key(x.vote.value) <= _key(y.vote.value) else cls(y, x)
+
+    @property
+    def validator(self) -> int:
+        return self.first.vote.validator
+
+    def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
+        return self.first.verify(valset, swarm_id) and self.second.verify(valset, swarm_id)
+
+    def encode(self) -> bytes:
+        return pack([self.first.encode(), self.second.encode()])
+
+    @classmethod
+    def decode(cls, data: bytes) -> DuplicateVoteEvidence:
+        obj = unpack(data, "evidence")
+        try:
+            first, second = obj
+            return cls(SignedVote.decode(first), SignedVote.decode(second))
+        except (TypeError, ValueError, LocalProtocolError) as exc:
+            raise RemoteProtocolError("bad_evidence", str(exc)) from None
+
+
+def _key(value: bytes | None) -> bytes:
+    return b"" if value is None else value
