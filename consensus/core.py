@@ -48,6 +48,7 @@ from consensus.votes import VoteKeeper
 
 MAX_ROUNDS_AHEAD = 100  # messages for rounds further ahead are ignored (bounded memory)
 MAX_BUFFERED_NEXT_HEIGHT = 1000  # messages for height+1 kept until we get there
+MAX_PROPOSALS_PER_ROUND = 4  # an equivocating proposer cannot make us keep more
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,10 @@ class Core:
         self.valid_value: Block | None = None  # L8
         self.valid_round = -1  # L9
         self.votes = VoteKeeper(self.valset, height)
-        self.proposals: dict[int, SignedProposal] = {}
+        # Every (bounded) proposal per round, in arrival order: L22/L28 act on the first,
+        # but L36 and L49 hold for *any* proposal of the proposer with a quorum behind it,
+        # which matters when a Byzantine proposer sent different blocks to different peers.
+        self.proposals: dict[int, dict[bytes, SignedProposal]] = {}
         self._validity: dict[bytes, bool] = {}
         self._asked_validity: set[bytes] = set()
         self._fired: set[tuple[int, int]] = set()  # (line, round) of "for the first time" rules
@@ -195,12 +199,14 @@ class Core:
             self._ask_decision(self.height)
         if not self._admit(p.height, p.round, ProposalReceived(sp)):
             return
-        known = self.proposals.get(p.round)
-        if known is not None:
-            if known.proposal != p:
-                self._ignore("conflicting_proposal")  # an equivocating proposer: keep the first
+        known = self.proposals.setdefault(p.round, {})
+        if p.block.hash in known:
             return
-        self.proposals[p.round] = sp
+        if known:
+            self._ignore("conflicting_proposal")  # an equivocating proposer
+            if len(known) >= MAX_PROPOSALS_PER_ROUND:
+                return
+        known[p.block.hash] = sp
         self.votes.saw_sender(p.round, p.proposer)
         if p.block.prev_hash != self.prev_hash:
             self._validity[p.block.hash] = False  # not on our chain: invalid without asking
@@ -249,6 +255,9 @@ class Core:
             # prevotes (L28) or precommits and proposal (L49).
             for msg in self._sent.values():
                 self._out.append(Broadcast(msg))
+            # A catch-up request may have been lost, or asked before anyone had decided
+            # (a Byzantine far-future message): allow one more per rebroadcast period.
+            self._asked_decision.clear()
             self._schedule(TimeoutKind.REBROADCAST)
 
     # --- the round ------------------------------------------------------------------------
@@ -305,7 +314,7 @@ class Core:
             if isinstance(msg, Proposal):
                 signed = self.safety.sign_proposal(msg)
                 if msg.height == self.height:
-                    self.proposals.setdefault(msg.round, signed)
+                    self.proposals.setdefault(msg.round, {}).setdefault(msg.block.hash, signed)
             else:
                 signed = self.safety.sign_vote(msg)
                 if msg.height == self.height:
@@ -342,17 +351,19 @@ class Core:
         """Fire the first upon-rule whose condition holds; whether one fired."""
         q = self.valset.is_quorum
         # L49: a proposal with 2f+1 precommits in any round r -> decide.
-        for r, sp in self.proposals.items():
-            v = sp.proposal.block
-            if q(self.votes.power(r, VoteType.PRECOMMIT, v.hash)) and self._valid(sp):  # L50
-                self._decide(r, v, None)
-                return True
+        for r, round_proposals in self.proposals.items():
+            for sp in round_proposals.values():
+                v = sp.proposal.block
+                if q(self.votes.power(r, VoteType.PRECOMMIT, v.hash)) and self._valid(sp):  # L50
+                    self._decide(r, v, None)
+                    return True
         # L55: f+1 messages from a higher round -> skip to it.
         for r in reversed(self.votes.rounds_above(self.round)):
             if r <= self.round + MAX_ROUNDS_AHEAD and self.valset.is_one_third(self.votes.sender_power(r)):
                 self._start_round(r)  # L56
                 return True
-        sp = self.proposals.get(self.round)
+        proposals = self.proposals.get(self.round, {})
+        sp = next(iter(proposals.values()), None)  # the first to arrive
         if self.step is Step.PROPOSE and sp is not None:
             v, vr = sp.proposal.block, sp.proposal.valid_round
             if vr == -1:  # L22
@@ -373,21 +384,17 @@ class Core:
             if self._first_time(34, self.round):
                 self._schedule(TimeoutKind.PREVOTE)  # L35
                 return True
-        if (
-            sp is not None
-            and self.step >= Step.PREVOTE
-            and q(self.votes.power(self.round, VoteType.PREVOTE, sp.proposal.block.hash))
-            and (36, self.round) not in self._fired
-            and self._valid(sp)
-        ):  # L36
-            self._fired.add((36, self.round))
-            v = sp.proposal.block
-            if self.step is Step.PREVOTE:  # L37
-                self.locked_value, self.locked_round = v.hash, self.round  # L38-L39
-                self._vote(VoteType.PRECOMMIT, v.hash)  # L40
-                self.step = Step.PRECOMMIT  # L41
-            self.valid_value, self.valid_round = v, self.round  # L42-L43
-            return True
+        if self.step >= Step.PREVOTE and (36, self.round) not in self._fired:
+            for candidate in proposals.values():
+                v = candidate.proposal.block
+                if q(self.votes.power(self.round, VoteType.PREVOTE, v.hash)) and self._valid(candidate):  # L36
+                    self._fired.add((36, self.round))
+                    if self.step is Step.PREVOTE:  # L37
+                        self.locked_value, self.locked_round = v.hash, self.round  # L38-L39
+                        self._vote(VoteType.PRECOMMIT, v.hash)  # L40
+                        self.step = Step.PRECOMMIT  # L41
+                    self.valid_value, self.valid_round = v, self.round  # L42-L43
+                    return True
         if self.step is Step.PREVOTE and q(self.votes.power(self.round, VoteType.PREVOTE, NIL)):  # L44
             self._vote(VoteType.PRECOMMIT, NIL)  # L45
             self.step = Step.PRECOMMIT  # L46

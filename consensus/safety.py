@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import nacl.signing
 
-from consensus.errors import ConflictingVoteError, LocalProtocolError
+from consensus.errors import ConflictingVoteError, LocalProtocolError, RemoteProtocolError
 from consensus.types import HASH_BYTES, Proposal, SignedProposal, SignedVote, Step, Vote, pack, unpack
 
 
@@ -53,8 +53,12 @@ class SafetyState:
 
     @classmethod
     def decode(cls, data: bytes) -> SafetyState:
-        height, round, step, value, locked_round, locked_value = unpack(data, "safety_state")
-        return cls(height, round, Step(step), value, locked_round, locked_value)
+        """Our own persisted state: corruption is a local problem, not a peer's."""
+        try:
+            height, round, step, value, locked_round, locked_value = unpack(data, "safety_state")
+            return cls(height, round, Step(step), value, locked_round, locked_value)
+        except (ValueError, TypeError, RemoteProtocolError) as exc:
+            raise LocalProtocolError(f"corrupt safety state: {exc}") from None
 
 
 Signable = Vote | Proposal
@@ -107,8 +111,10 @@ class SafetyRules:
         return SignedVote(vote, self._key.sign(vote.signing_bytes(self.swarm_id)).signature)
 
     def sign_proposal(self, proposal: Proposal) -> SignedProposal:
-        if proposal.proposer != self.validator or proposal.block.proposer != self.public_key:
+        if proposal.proposer != self.validator:
             raise LocalProtocolError("a proposal is signed only by its own proposer")
+        if proposal.valid_round == -1 and proposal.block.proposer != self.public_key:
+            raise LocalProtocolError("a fresh proposal must carry a block built by its proposer")
         self._check_signable(proposal)
         return SignedProposal(proposal, self._key.sign(proposal.signing_bytes(self.swarm_id)).signature)
 

@@ -237,7 +237,11 @@ class SignedProposal:
         if p.proposer >= len(valset):
             return False
         key = valset.validators[p.proposer].public_key
-        return p.block.proposer == key and verify_ed25519(key, p.signing_bytes(swarm_id), self.signature)
+        # A fresh proposal (valid_round -1) must be built by its signer; a re-proposal
+        # of an earlier round's valid value (L16) carries the block as first proposed.
+        if p.valid_round == -1 and p.block.proposer != key:
+            return False
+        return verify_ed25519(key, p.signing_bytes(swarm_id), self.signature)
 
     def encode(self) -> bytes:
         p = self.proposal
