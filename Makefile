@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test unit integration clean
+.PHONY: setup demo test unit integration bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+bench: setup
+	$(BIN)/python bench/bench_consensus.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

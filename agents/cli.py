@@ -94,6 +94,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.validators, args.motions, Path(args.dir) if args.dir else None)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from consensus.sim import BEHAVIOURS, run_many
+
+    n, f = args.validators, args.byzantine
+    if n < 1:
+        raise ConfigError(f"--validators {n}: need at least 1 validator")
+    if f < 0 or n < 3 * f + 1:
+        raise ConfigError(f"--byzantine {f}: BFT needs --validators >= 3 * byzantine + 1, got --validators {n}")
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: need at least 1 run")
+    if args.heights < 1:
+        raise ConfigError(f"--heights {args.heights}: need at least 1 height")
+    for flag, p in (("--drop", args.drop), ("--duplicate", args.duplicate)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{flag} {p}: a probability in [0, 1)")
+    behaviours = None
+    if args.behaviours:
+        behaviours = tuple(b.strip() for b in args.behaviours.split(","))
+        unknown = [b for b in behaviours if b not in BEHAVIOURS]
+        if unknown:
+            raise ConfigError(f"--behaviours: unknown {', '.join(unknown)} (known: {', '.join(BEHAVIOURS)})")
+    start = time.perf_counter()
+    summary = run_many(n, f, args.runs, args.seed, heights=args.heights, drop=args.drop, duplicate=args.duplicate,
+                       partition=args.partition, behaviours=behaviours)
+    out = summary.as_dict()
+    out["elapsed_s"] = round(time.perf_counter() - start, 3)
+    print(json.dumps(out))
+    for r in summary.failed:
+        why = r.safety_violations[0] if r.safety_violations else r.liveness_failure
+        print(f"conclave: seed {r.seed} failed: {why}\nreplay: {r.replay}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conclave", description="Peer-to-peer agreement for AI agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motions", type=int, default=3)
     p.add_argument("--dir", help="keep the swarm in DIR (default: a temporary directory)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("simulate", help="run the consensus core in a seeded simulation with Byzantine validators")
+    p.add_argument("--validators", type=int, required=True, metavar="N")
+    p.add_argument("--byzantine", type=int, default=0, metavar="F", help="Byzantine validators (N >= 3F+1)")
+    p.add_argument("--runs", type=int, default=1, help="run i uses seed S+i (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--heights", type=int, default=3, help="heights every honest validator must decide (default 3)")
+    p.add_argument("--drop", type=float, default=0.0, metavar="P", help="message loss probability")
+    p.add_argument("--duplicate", type=float, default=0.0, metavar="P", help="message duplication probability")
+    p.add_argument("--partition", action="store_true", help="split the network (no side with a quorum), then heal")
+    p.add_argument("--behaviours", metavar="B1,B2",
+                   help="give every Byzantine validator these behaviours: silent, equivocate_proposer, double_vote, "
+                        "forge, stale_and_future, invalid_value (default: drawn from each seed)")
+    p.set_defaults(func=_cmd_simulate)
     return parser
 
 

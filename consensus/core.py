@@ -208,6 +208,7 @@ class Core:
                 return
         known[p.block.hash] = sp
         self.votes.saw_sender(p.round, p.proposer)
+        self.votes.saw_proposal(p.block.hash)
         if p.block.prev_hash != self.prev_hash:
             self._validity[p.block.hash] = False  # not on our chain: invalid without asking
 
@@ -255,6 +256,14 @@ class Core:
             # prevotes (L28) or precommits and proposal (L49).
             for msg in self._sent.values():
                 self._out.append(Broadcast(msg))
+            if self.valid_value is not None:
+                # Relay the prevotes behind our valid value (the paper's gossip: correct
+                # processes forward what they receive), so that every honest validator can
+                # check a re-proposal's valid_round (L28), even when a Byzantine validator
+                # sent its prevote to some of us only.
+                for sv in self.votes.votes_for(self.valid_round, VoteType.PREVOTE, self.valid_value.hash):
+                    if sv.vote.validator != self.me:
+                        self._out.append(Broadcast(sv))
             # A catch-up request may have been lost, or asked before anyone had decided
             # (a Byzantine far-future message): allow one more per rebroadcast period.
             self._asked_decision.clear()
@@ -315,6 +324,7 @@ class Core:
                 signed = self.safety.sign_proposal(msg)
                 if msg.height == self.height:
                     self.proposals.setdefault(msg.round, {}).setdefault(msg.block.hash, signed)
+                    self.votes.saw_proposal(msg.block.hash)
             else:
                 signed = self.safety.sign_vote(msg)
                 if msg.height == self.height:

@@ -15,17 +15,24 @@ class _RoundVotes:
     votes: dict[VoteType, dict[int, SignedVote]] = field(default_factory=lambda: {t: {} for t in VoteType})
     power: dict[tuple[VoteType, bytes | None], int] = field(default_factory=lambda: defaultdict(int))
     power_any: dict[VoteType, int] = field(default_factory=lambda: defaultdict(int))
+    # An equivocator's votes for other values than its first: (type, value) -> index -> vote.
+    others: dict[tuple[VoteType, bytes | None], dict[int, SignedVote]] = field(default_factory=dict)
 
 
 class VoteKeeper:
-    """Keeps the first vote of each validator per (round, type); a different second
-    vote is evidence and is not counted. Only verified votes may be added."""
+    """Keeps the first vote of each validator per (round, type). A different second vote
+    is evidence; it still counts toward *its own value* (Algorithm 1 counts messages:
+    "2f+1 <PREVOTE, h, r, id(v)>"), never twice toward "any value". Counting it is safe
+    (two quorums for different values still share an honest validator) and needed for
+    liveness: an honest validator that saw the equivocator's other vote first must still
+    see the quorum that others locked on. Only verified votes may be added."""
 
     def __init__(self, valset: ValidatorSet, height: int) -> None:
         self.valset, self.height = valset, height
         self._rounds: dict[int, _RoundVotes] = defaultdict(_RoundVotes)
         self._senders: dict[int, set[int]] = defaultdict(set)
         self._reported: set[tuple[int, int, VoteType]] = set()
+        self._proposed: set[bytes] = set()
 
     def add(self, sv: SignedVote) -> tuple[bool, DuplicateVoteEvidence | None]:
         """(counted, evidence): counted is False for duplicates and equivocations."""
@@ -36,6 +43,13 @@ class VoteKeeper:
         if known is not None:
             if known.vote.value == v.value:
                 return False, None
+            # Only for nil or a value some proposal of this height carries: the only
+            # values a rule can act on, and a bound on what an equivocator can make us keep.
+            if v.value is None or v.value in self._proposed:
+                others = rv.others.setdefault((v.type, v.value), {})
+                if v.validator not in others:
+                    others[v.validator] = sv
+                    rv.power[(v.type, v.value)] += self.valset.validators[v.validator].power
             key = (v.validator, v.round, v.type)
             if key in self._reported:
                 return False, None
@@ -46,6 +60,10 @@ class VoteKeeper:
         rv.power[(v.type, v.value)] += weight
         rv.power_any[v.type] += weight
         return True, None
+
+    def saw_proposal(self, block_hash: bytes) -> None:
+        """A proposal carrying ``block_hash`` is known: an equivocator's votes for it count."""
+        self._proposed.add(block_hash)
 
     def saw_sender(self, round: int, validator: int) -> None:
         """Any message (a proposal too) from ``validator`` at ``round``, for L55."""
@@ -63,7 +81,8 @@ class VoteKeeper:
         rv = self._rounds.get(round)
         if rv is None:
             return []
-        return [sv for sv in rv.votes[type].values() if sv.vote.value == value]
+        first = [sv for sv in rv.votes[type].values() if sv.vote.value == value]
+        return first + list(rv.others.get((type, value), {}).values())
 
     def sender_power(self, round: int) -> int:
         return self.valset.power_of(self._senders.get(round, set()))

@@ -136,7 +136,10 @@ class Cluster:
                 elif isinstance(e, RequestValue) and e.height <= self.max_height:
                     queue.append(ValueReady(e.height, e.round, block_of(i, e.height, e.round, e.prev_hash)))
                 elif isinstance(e, Broadcast):
-                    self.sent[i].append(e.message)
+                    m = e.message
+                    signer = m.vote.validator if isinstance(m, SignedVote) else m.proposal.proposer
+                    if signer == i:  # a core also relays others' votes (REBROADCAST): not its own
+                        self.sent[i].append(m)
                     for j in range(4):
                         if j != i:
                             self.wire.append((i, j, e.message))

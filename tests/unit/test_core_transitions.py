@@ -641,7 +641,7 @@ def test_duplicate_votes_are_not_double_counted() -> None:
     assert summaries(h.feed_all(pv(0, NIL, 2))) == [sched(PREVOTE_T, 0), *persist_and_send("PRECOMMIT", 0, "nil")]
 
 
-def test_a_conflicting_vote_yields_exactly_one_verifiable_evidence_and_is_not_counted() -> None:
+def test_a_conflicting_vote_yields_one_evidence_and_counts_only_toward_its_own_value() -> None:
     h = Harness()
     h.feed_all([START, prop(0, V)])  # we prevote v
     first = signed_vote(PREVOTE, 0, V_ALT, 2)
@@ -655,9 +655,22 @@ def test_a_conflicting_vote_yields_exactly_one_verifiable_evidence_and_is_not_co
     assert DuplicateVoteEvidence.decode(ev.encode()) == ev
     # A third value from the same validator: no second evidence for the same (validator, round, type).
     assert h.feed_all(pv(0, NIL, 2)) == []
-    # v2's prevote for v was not counted: us + v1 for v is no quorum, so no lock
-    # (L34 fires: prevotes from us, v1 and v2 (its first one) make 3 of 4).
-    assert summaries(h.feed_all(pv(0, V, 1))) == [sched(PREVOTE_T, 0)]
+    # Algorithm 1 counts messages: v2's second prevote counts toward v (a proposed value),
+    # so us + v1 + v2 make a quorum for v (L36: lock and precommit), while "any prevote"
+    # (L34) counts v2 once: 3 of 4 either way.
+    assert summaries(h.feed_all(pv(0, V, 1))) == [sched(PREVOTE_T, 0), *persist_and_send("PRECOMMIT", 0, "v")]
+    assert h.state() == S(0, PC, lock=(0, V), valid=(0, V))
+
+
+def test_an_equivocators_vote_for_a_value_nobody_proposed_is_not_counted() -> None:
+    h = Harness()
+    h.feed_all([START, prop(0, V)])  # we prevote v
+    assert summaries(h.feed_all(pv(0, V, 2))) == []
+    out = h.feed(VoteReceived(signed_vote(PREVOTE, 0, V_ALT, 2)))  # v_alt: no proposal carries it
+    assert summaries(out) == [("ReportEvidence", 2)]
+    # v1 joins v_alt: v2's second vote is not kept (bounded memory), so no quorum for v_alt,
+    # while "any prevote" counts 3 of 4 (L34).
+    assert summaries(h.feed_all(pv(0, V_ALT, 1))) == [sched(PREVOTE_T, 0)]
     assert h.state() == S(0, PV)
 
 
