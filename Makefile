@@ -33,6 +33,7 @@ integration: setup
 
 bench: setup
 	$(BIN)/python bench/bench_consensus.py
+	$(BIN)/python bench/bench_ballot.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

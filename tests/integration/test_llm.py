@@ -155,3 +155,15 @@ async def test_async_answers_run_off_the_event_loop_and_time_out(runtime: ModelR
     assert ticks > 5  # the event loop kept running while the model worked
     with pytest.raises(InferenceError, match="no answer within"):
         await runtime.answer_async(DEFAULT_PERSONA, "A fresh question, to defeat any cache?", ("a", "b"), timeout_s=0.001)
+
+
+def test_seeded_sampling_is_reproducible_too() -> None:
+    from agents.ballot import Sampling
+
+    sampled = ModelRuntime(sampling=Sampling(temperature=0.8, top_k=40, top_p=0.95, seed=1234, max_tokens=96))
+    me = Identity(SEED)
+    first = make_ballot(sampled, me, DEFAULT_PERSONA, *MOTIONS[1])
+    second = make_ballot(sampled, me, DEFAULT_PERSONA, *MOTIONS[1])
+    assert first.fingerprint.sampling.seed == 1234 and first.fingerprint.sampling.temperature == 0.8
+    assert first.encode() == second.encode()
+    assert replay(first, sampled, DEFAULT_PERSONA).match
