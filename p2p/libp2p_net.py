@@ -122,6 +122,11 @@ class Libp2pNetwork:
     _connected: set[str] = field(default_factory=set)
     _unsent: int = 0
 
+    @property
+    def host(self):
+        """The libp2p host, for our own request/response protocols (``p2p.sync``)."""
+        return self._host
+
     def connected_peers(self) -> frozenset[str]:
         return frozenset(self._connected)
 
