@@ -18,11 +18,12 @@ import trio
 
 from agents import __version__
 from agents.logs import emit
+from agents.commitment import Commitment, Reveal
 from agents.motion_store import MotionStore, StoredMotion
 from p2p.envelope import Envelope, MessageType
 from p2p.errors import LocalProtocolError, RemoteProtocolError
 from p2p.keys import Identity
-from p2p.messages import Motion, Status
+from p2p.messages import DECODERS, Motion, Status
 from p2p.net import MessageArrived, PeerConnected, PeerDisconnected, SwarmNetwork
 from p2p.swarmfile import SwarmConfig
 from p2p.validation import Accepted, MessageValidator
@@ -37,11 +38,15 @@ class PeerStats:
     rejected: Counter = field(default_factory=Counter)
 
 
+# The envelope types this peer decodes: the network's own, plus the agents' ballot types.
+PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitment.decode, MessageType.BALLOT_REVEAL: Reveal.decode}
+
+
 class PeerGate:
     """The network's gate (``p2p.net.Gate``): full validation before delivery or relay."""
 
     def __init__(self, swarm: SwarmConfig, clock: Callable[[], float] = trio.current_time) -> None:
-        self.validator = MessageValidator(swarm)
+        self.validator = MessageValidator(swarm, PEER_DECODERS)
         self._clock = clock
 
     def admit(self, data: bytes, source: str) -> Accepted | None:
@@ -154,6 +159,11 @@ async def _on_accepted(swarm: SwarmConfig, store: MotionStore, stats: PeerStats,
         st = accepted.payload
         emit(log, "status_received", f"status from {st.name}: version {st.agent_version}", logging.DEBUG,
              name=st.name, agent_version=st.agent_version, listen=list(st.listen_addrs))
+    else:
+        # Consensus and ballot messages are validated and relayed already; the driver that
+        # acts on them is the next piece of work (issue 5).
+        emit(log, "message_unhandled", f"{accepted.type.name} accepted, not acted on yet", logging.DEBUG,
+             type=accepted.type.name)
 
 
 async def _on_motion(swarm: SwarmConfig, store: MotionStore, stats: PeerStats, accepted: Accepted) -> None:

@@ -32,6 +32,10 @@ class MessageType(enum.IntEnum):
 
     MOTION = 1
     STATUS = 2
+    PROPOSAL = 3  # consensus.types.SignedProposal
+    VOTE = 4  # consensus.types.SignedVote (the signer may differ from the sender: relays)
+    BALLOT_COMMIT = 5  # agents.commitment.Commitment
+    BALLOT_REVEAL = 6  # agents.commitment.Reveal
 
 
 @dataclass(frozen=True, slots=True)

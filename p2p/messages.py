@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from consensus.errors import RemoteProtocolError as ConsensusRemoteError
+from consensus.types import SignedProposal, SignedVote
 from p2p.envelope import MessageType
 from p2p.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 
@@ -28,6 +30,10 @@ class Senders(enum.Enum):
 SENDERS: dict[MessageType, Senders] = {
     MessageType.MOTION: Senders.ANYONE,
     MessageType.STATUS: Senders.VALIDATORS,
+    MessageType.PROPOSAL: Senders.VALIDATORS,
+    MessageType.VOTE: Senders.VALIDATORS,
+    MessageType.BALLOT_COMMIT: Senders.VALIDATORS,
+    MessageType.BALLOT_REVEAL: Senders.VALIDATORS,
 }
 
 
@@ -105,9 +111,30 @@ class Status:
             raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"status: {exc}") from None
 
 
-Payload = Motion | Status
+def _consensus_decoder(decode):
+    """The consensus package's own decoders raise its own error type: convert, so the
+    gate counts a malformed proposal or vote as ``bad_payload`` like any other."""
 
-DECODERS = {MessageType.MOTION: Motion.decode, MessageType.STATUS: Status.decode}
+    def wrapped(data: bytes):
+        try:
+            return decode(data)
+        except ConsensusRemoteError as exc:
+            raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, str(exc)) from None
+
+    return wrapped
+
+
+Payload = object  # Motion | Status | SignedProposal | SignedVote | what the agents' decoders return
+
+# What this package can decode. The ballot types (commit, reveal) are decoded by the
+# agents' gate, which passes its own table; a type missing from a validator's table is
+# rejected as ``unknown_type``.
+DECODERS = {
+    MessageType.MOTION: Motion.decode,
+    MessageType.STATUS: Status.decode,
+    MessageType.PROPOSAL: _consensus_decoder(SignedProposal.decode),
+    MessageType.VOTE: _consensus_decoder(SignedVote.decode),
+}
 
 
 def _decode_map(data: bytes, what: str) -> dict:

@@ -12,6 +12,7 @@ deterministic and testable without sleeping.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from p2p.envelope import ENVELOPE_VERSION, Envelope, MessageType, decode_envelope
@@ -92,8 +93,9 @@ class TokenBuckets:
 class MessageValidator:
     """Checks raw wire bytes against one swarm. Counts every rejection by reason."""
 
-    def __init__(self, swarm: SwarmConfig) -> None:
+    def __init__(self, swarm: SwarmConfig, decoders: Mapping[MessageType, Callable[[bytes], object]] = DECODERS) -> None:
         self.swarm = swarm
+        self.decoders = decoders
         p = swarm.params
         self._members = {v.public_key: v for v in swarm.validators}
         self._replay = ReplayWindow(p.replay_window, p.max_tracked_senders, frozenset(self._members))
@@ -129,7 +131,10 @@ class MessageValidator:
             raise RemoteProtocolError(RejectReason.NOT_MEMBER, f"{mtype.name} from a non-validator")
         if not env.signature_valid():
             raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, f"{mtype.name} signature does not verify")
-        payload = DECODERS[mtype](env.payload)
+        decode = self.decoders.get(mtype)
+        if decode is None:
+            raise RemoteProtocolError(RejectReason.UNKNOWN_TYPE, f"{mtype.name} is not handled by this peer")
+        payload = decode(env.payload)
         why = self._replay.check_and_record(env.sender, env.seq)
         if why is not None:
             raise RemoteProtocolError(RejectReason.REPLAY, why)

@@ -91,10 +91,21 @@ def test_status_round_trip_example():
     assert Status.decode(status.encode()) == status
 
 
-def test_senders_table_and_decoders_cover_every_type():
-    assert set(SENDERS) == set(MessageType) == set(DECODERS)
-    assert SENDERS[MessageType.MOTION] is Senders.ANYONE
-    assert SENDERS[MessageType.STATUS] is Senders.VALIDATORS
+def test_senders_table_covers_every_type_and_only_motions_are_open_to_clients():
+    assert set(SENDERS) == set(MessageType)
+    assert [t for t, who in SENDERS.items() if who is Senders.ANYONE] == [MessageType.MOTION]
+
+
+def test_this_package_decodes_all_but_the_ballot_types():
+    # Commitments and reveals are decoded by the agents' gate (agents.peer.PeerGate).
+    assert set(MessageType) - set(DECODERS) == {MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL}
+
+
+@pytest.mark.parametrize("mtype", [MessageType.PROPOSAL, MessageType.VOTE])
+def test_a_malformed_consensus_payload_is_bad_payload(mtype):
+    with pytest.raises(RemoteProtocolError) as info:
+        DECODERS[mtype](b"\x93\x01")
+    assert info.value.reason is RejectReason.BAD_PAYLOAD
 
 
 # --- invalid motions ------------------------------------------------------------------

@@ -430,3 +430,42 @@ def test_arbitrary_signed_envelopes_only_ever_raise_remote_protocol_error(
     else:
         assert result.envelope.sender == sender.public_key
         assert v.accepted == 1
+
+
+# --- consensus and ballot envelopes ------------------------------------------------------
+
+
+def _signed_prevote(voter: Identity, index: int) -> bytes:
+    from consensus.types import SignedVote, Vote, VoteType
+
+    vote = Vote(VoteType.PREVOTE, 1, 0, None, index)
+    return SignedVote(vote, voter.sign(vote.signing_bytes(SWARM.swarm_id))).encode()
+
+
+def test_a_validators_vote_envelope_is_accepted_with_the_decoded_vote():
+    from consensus.types import SignedVote
+
+    v = MessageValidator(SWARM)
+    accepted = v.validate(raw(VALIDATOR_IDS[1], MessageType.VOTE, payload=_signed_prevote(VALIDATOR_IDS[1], 1)), 0.0)
+    assert isinstance(accepted.payload, SignedVote) and accepted.payload.vote.validator == 1
+
+
+def test_consensus_and_ballot_envelopes_from_clients_are_not_member():
+    v = MessageValidator(SWARM)
+    for mtype in (MessageType.PROPOSAL, MessageType.VOTE, MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL):
+        assert reject_reason(v, raw(CLIENT, mtype, payload=b"\x80")) is RejectReason.NOT_MEMBER
+
+
+def test_a_type_without_a_decoder_here_is_unknown_type():
+    # The p2p package alone does not decode ballot types: only a peer's gate does.
+    v = MessageValidator(SWARM)
+    assert reject_reason(v, raw(VALIDATOR_IDS[0], MessageType.BALLOT_COMMIT, payload=b"\x80")) is RejectReason.UNKNOWN_TYPE
+
+
+def test_the_peer_gate_decodes_ballot_types_and_rejects_malformed_ones():
+    from agents.peer import PeerGate
+
+    gate = PeerGate(SWARM, clock=lambda: 0.0)
+    bad = raw(VALIDATOR_IDS[0], MessageType.BALLOT_COMMIT, payload=b"\x93\x01\x02\x03")
+    assert gate.admit(bad, "12D3KooWtest") is None
+    assert gate.validator.rejected[RejectReason.BAD_PAYLOAD] == 1
