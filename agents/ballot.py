@@ -32,7 +32,7 @@ import msgpack
 from agents.grammar import MAX_REASON_CHARS, check_options, check_reason
 from p2p.errors import ConclaveError, LocalProtocolError, RejectReason, RemoteProtocolError
 from p2p.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
-from p2p.messages import Motion
+from p2p.messages import Motion, decode_payload_map
 
 BALLOT_DOMAIN = b"conclave/ballot/v1\x00"
 MOTION_DOMAIN = b"conclave/motion/v1\x00"
@@ -286,12 +286,9 @@ class Ballot:
 
     @classmethod
     def decode(cls, data: bytes) -> Ballot:
+        doc = decode_payload_map(data, "ballot")
         try:
-            doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises many unrelated types on garbage
-            raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"ballot: not msgpack ({type(exc).__name__})") from None
-        try:
-            return cls._from_doc(_need_map(doc, "ballot"), _bin_field)
+            return cls._from_doc(doc, _bin_field)
         except LocalProtocolError as exc:
             raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"ballot: {exc}") from None
 

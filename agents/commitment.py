@@ -28,6 +28,7 @@ import msgpack
 from agents.ballot import ID_BYTES, Ballot, BallotError
 from p2p.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from p2p.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
+from p2p.messages import decode_payload_map
 
 DIGEST_DOMAIN = b"conclave/ballot-commitment/v1\x00"
 SIGNING_DOMAIN = b"conclave/commitment/v1\x00"
@@ -91,7 +92,7 @@ class Commitment:
 
     @classmethod
     def decode(cls, data: bytes) -> Commitment:
-        doc = _decode_map(data, "commitment")
+        doc = decode_payload_map(data, "commitment")
         try:
             return cls(*(doc.get(f.name) for f in dataclasses.fields(cls)))
         except LocalProtocolError as exc:
@@ -113,7 +114,7 @@ class Reveal:
 
     @classmethod
     def decode(cls, data: bytes) -> Reveal:
-        doc = _decode_map(data, "reveal")
+        doc = decode_payload_map(data, "reveal")
         inner = doc.get("ballot")
         if not isinstance(inner, bytes):
             raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, "reveal: field 'ballot' must be bytes")
@@ -151,13 +152,3 @@ def check_reveal(commitment: Commitment, reveal: Reveal) -> None:
         raise RevealMismatch("ballot_signature", "the revealed ballot's signature is invalid")
     if commitment_digest(ballot, reveal.salt) != commitment.digest:
         raise RevealMismatch("digest", "the revealed ballot and salt do not hash to the committed digest")
-
-
-def _decode_map(data: bytes, what: str) -> dict:
-    try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"{what}: not msgpack ({type(exc).__name__})") from None
-    if not isinstance(doc, dict):
-        raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"{what}: payload must be a map")
-    return doc

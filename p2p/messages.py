@@ -70,7 +70,7 @@ class Motion:
 
     @classmethod
     def decode(cls, data: bytes) -> Motion:
-        doc = _decode_map(data, "motion")
+        doc = decode_payload_map(data, "motion")
         options = doc.get("options")
         try:
             return cls(doc.get("text"), tuple(options) if isinstance(options, list) else options)
@@ -103,7 +103,7 @@ class Status:
 
     @classmethod
     def decode(cls, data: bytes) -> Status:
-        doc = _decode_map(data, "status")
+        doc = decode_payload_map(data, "status")
         addrs = doc.get("listen_addrs")
         try:
             return cls(doc.get("name"), doc.get("agent_version"), tuple(addrs) if isinstance(addrs, list) else addrs)
@@ -137,7 +137,8 @@ DECODERS = {
 }
 
 
-def _decode_map(data: bytes, what: str) -> dict:
+def decode_payload_map(data: bytes, what: str) -> dict:
+    """A msgpack map payload, or ``RemoteProtocolError(BAD_PAYLOAD)`` naming ``what``."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
