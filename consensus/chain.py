@@ -9,12 +9,13 @@ checkpoint's height range, in order, matching ``consensus.checkpoint``.
 from __future__ import annotations
 
 from consensus.errors import LocalProtocolError
-from consensus.merkle import HASH_BYTES, InclusionProof, _is_hash, _is_uint, inclusion_proof
+from consensus.merkle import HASH_BYTES, InclusionProof, inclusion_proof
+from consensus.types import is_hash, is_uint
 
 
 class BlockChain:
     def __init__(self, genesis_hash: bytes) -> None:
-        if not _is_hash(genesis_hash):
+        if not is_hash(genesis_hash):
             raise LocalProtocolError(f"genesis_hash must be {HASH_BYTES} bytes")
         self._hashes: list[bytes] = [genesis_hash]  # index = height
 
@@ -34,11 +35,11 @@ class BlockChain:
 
     def append(self, height: int, block_hash: bytes, prev_hash: bytes) -> None:
         """Add the block decided at ``height``; it must be the next one and link the tip."""
-        if not _is_uint(height) or height != self.height + 1:
+        if not is_uint(height) or height != self.height + 1:
             raise LocalProtocolError(f"height mismatch: got {height!r}, expected {self.height + 1}")
-        if not _is_hash(block_hash):
+        if not is_hash(block_hash):
             raise LocalProtocolError(f"block_hash must be {HASH_BYTES} bytes")
-        if not _is_hash(prev_hash):
+        if not is_hash(prev_hash):
             raise LocalProtocolError(f"prev_hash must be {HASH_BYTES} bytes")
         if prev_hash != self.tip:
             raise LocalProtocolError(
@@ -61,10 +62,10 @@ class BlockChain:
         """The proof that the block at ``height`` is in the Merkle tree over ``first..last``
         (a checkpoint's range): verify it against that checkpoint's root."""
         self._check_range(first, last)
-        if not _is_uint(height) or not first <= height <= last:
+        if not is_uint(height) or not first <= height <= last:
             raise LocalProtocolError(f"height {height!r} is outside the range {first}..{last}")
         return inclusion_proof(self.hashes(first, last), height - first)
 
     def _check_range(self, first: int, last: int) -> None:
-        if not (_is_uint(first) and _is_uint(last)) or not first <= last <= self.height:
+        if not (is_uint(first) and is_uint(last)) or not first <= last <= self.height:
             raise LocalProtocolError(f"range {first!r}..{last!r} is not within 0..{self.height}")

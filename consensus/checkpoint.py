@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import msgpack
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
-from consensus.merkle import HASH_BYTES, InclusionProof, _is_hash, _is_uint, _unpack, merkle_root, verify_inclusion
+from consensus.merkle import HASH_BYTES, InclusionProof, _unpack, merkle_root, verify_inclusion
+from consensus.types import is_hash, is_uint
 
 SIGNING_DOMAIN = b"conclave/checkpoint/v1\x00"
 SWARM_ID_BYTES = 32
@@ -45,16 +46,16 @@ class Checkpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.swarm_id, bytes) or len(self.swarm_id) != SWARM_ID_BYTES:
             raise LocalProtocolError(f"swarm_id must be {SWARM_ID_BYTES} bytes")
-        if not _is_uint(self.number) or not 1 <= self.number <= MAX_UINT64:
+        if not is_uint(self.number) or not 1 <= self.number <= MAX_UINT64:
             raise LocalProtocolError(f"number must be a uint64 >= 1, got {self.number!r}")
         for name in ("first_height", "last_height"):
             value = getattr(self, name)
-            if not _is_uint(value) or value > MAX_UINT64:
+            if not is_uint(value) or value > MAX_UINT64:
                 raise LocalProtocolError(f"{name} must be a uint64, got {value!r}")
         if self.first_height > self.last_height:
             raise LocalProtocolError(f"first_height {self.first_height} > last_height {self.last_height}")
         for name in ("root", "validator_set_hash", "prev_checkpoint_hash"):
-            if not _is_hash(getattr(self, name)):
+            if not is_hash(getattr(self, name)):
                 raise LocalProtocolError(f"{name} must be {HASH_BYTES} bytes")
         if (self.number == 1) != (self.prev_checkpoint_hash == ZERO_HASH):
             raise LocalProtocolError("prev_checkpoint_hash must be zero exactly for checkpoint 1")
@@ -98,7 +99,7 @@ class Checkpoint:
         Checks the proof's index and size against the height range, which the root alone
         does not bind (see ``consensus.merkle``). Never raises.
         """
-        if not isinstance(proof, InclusionProof) or not _is_uint(height):
+        if not isinstance(proof, InclusionProof) or not is_uint(height):
             return False
         if not self.first_height <= height <= self.last_height:
             return False
@@ -136,7 +137,7 @@ def checkpoint_for(
                 f"first_height {first_height} does not follow prev.last_height {prev.last_height}"
             )
         prev_hash = prev.hash()
-    if not _is_uint(first_height):
+    if not is_uint(first_height):
         raise LocalProtocolError(f"first_height must be a uint64, got {first_height!r}")
     last_height = first_height + len(block_hashes) - 1
     return Checkpoint(swarm_id, number, first_height, last_height, merkle_root(block_hashes),

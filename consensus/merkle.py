@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import msgpack
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
+from consensus.types import HASH_BYTES, is_hash, is_uint
 
-HASH_BYTES = 32
 MAX_TREE_SIZE = 2**64 - 1
 MAX_PATH_LENGTH = 64  # a tree of at most 2**64 - 1 leaves is at most 64 levels deep
 LEAF_PREFIX = b"\x00"
@@ -58,13 +58,13 @@ class InclusionProof:
     path: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        if not _is_uint(self.size) or not 1 <= self.size <= MAX_TREE_SIZE:
+        if not is_uint(self.size) or not 1 <= self.size <= MAX_TREE_SIZE:
             raise LocalProtocolError(f"size must be an int in [1, 2**64), got {self.size!r}")
-        if not _is_uint(self.index) or self.index >= self.size:
+        if not is_uint(self.index) or self.index >= self.size:
             raise LocalProtocolError(f"index must be an int in [0, size={self.size}), got {self.index!r}")
         if not isinstance(self.path, tuple) or len(self.path) > MAX_PATH_LENGTH:
             raise LocalProtocolError(f"path must be a tuple of at most {MAX_PATH_LENGTH} hashes")
-        if not all(_is_hash(p) for p in self.path):
+        if not all(is_hash(p) for p in self.path):
             raise LocalProtocolError(f"every path element must be {HASH_BYTES} bytes")
 
     def encode(self) -> bytes:
@@ -88,7 +88,7 @@ class InclusionProof:
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
     """The audit path of ``leaves[index]`` (RFC 6962, section 2.1.1)."""
     hashes = _leaf_hashes(leaves)
-    if not _is_uint(index) or index >= len(hashes):
+    if not is_uint(index) or index >= len(hashes):
         raise LocalProtocolError(f"index {index!r} out of range for {len(hashes)} leaves")
     path: list[bytes] = []
     _path(hashes, 0, len(hashes), index, path)
@@ -97,7 +97,7 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
 
 def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
     """True iff ``proof`` shows ``leaf`` at ``proof.index`` under ``root``. Never raises."""
-    if not (_is_hash(leaf) and _is_hash(root) and isinstance(proof, InclusionProof)):
+    if not (is_hash(leaf) and is_hash(root) and isinstance(proof, InclusionProof)):
         return False
     fn, sn = proof.index, proof.size - 1
     r = leaf_hash(leaf)
@@ -145,18 +145,9 @@ def _path(hashes: Sequence[bytes], lo: int, hi: int, m: int, out: list[bytes]) -
 
 def _leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
     for i, leaf in enumerate(leaves):
-        if not _is_hash(leaf):
+        if not is_hash(leaf):
             raise LocalProtocolError(f"leaf {i} must be {HASH_BYTES} bytes, got {leaf!r:.40}")
     return [leaf_hash(leaf) for leaf in leaves]
-
-
-def _is_hash(value: object) -> bool:
-    return isinstance(value, bytes) and len(value) == HASH_BYTES
-
-
-def _is_uint(value: object) -> bool:
-    # bool is an int to Python; msgpack's true must not spell 1.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _unpack(data: bytes, reason: str) -> object:

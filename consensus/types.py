@@ -47,16 +47,21 @@ def unpack(data: bytes, what: str) -> list:
     return obj
 
 
-def _uint(value: object) -> bool:
+def is_uint(value: object) -> bool:
+    # bool is an int to Python; msgpack's true must not spell 1.
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _bytes(value: object, n: int) -> bool:
+def is_bytes(value: object, n: int) -> bool:
     return isinstance(value, bytes) and len(value) == n
 
 
+def is_hash(value: object) -> bool:
+    return is_bytes(value, HASH_BYTES)
+
+
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    if not _bytes(public_key, KEY_BYTES) or not _bytes(signature, SIG_BYTES):
+    if not is_bytes(public_key, KEY_BYTES) or not is_bytes(signature, SIG_BYTES):
         return False
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
@@ -87,9 +92,9 @@ class Validator:
     power: int
 
     def __post_init__(self) -> None:
-        if not _bytes(self.public_key, KEY_BYTES):
+        if not is_bytes(self.public_key, KEY_BYTES):
             raise LocalProtocolError(f"a validator's public key is {KEY_BYTES} bytes")
-        if not _uint(self.power) or self.power == 0:
+        if not is_uint(self.power) or self.power == 0:
             raise LocalProtocolError(f"voting power must be a positive integer, got {self.power!r}")
 
 
@@ -167,11 +172,11 @@ class Block:
     hash: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not _uint(self.height) or self.height == 0:
+        if not is_uint(self.height) or self.height == 0:
             raise LocalProtocolError(f"block height must be >= 1, got {self.height!r}")
-        if not _bytes(self.prev_hash, HASH_BYTES):
+        if not is_bytes(self.prev_hash, HASH_BYTES):
             raise LocalProtocolError("prev_hash must be 32 bytes")
-        if not _bytes(self.proposer, KEY_BYTES):
+        if not is_bytes(self.proposer, KEY_BYTES):
             raise LocalProtocolError("proposer must be a 32-byte public key")
         if not isinstance(self.payload, bytes):
             raise LocalProtocolError("payload must be bytes")
@@ -207,7 +212,7 @@ class Proposal:
     proposer: int  # index in the validator set
 
     def __post_init__(self) -> None:
-        if not _uint(self.height) or self.height == 0 or not _uint(self.round):
+        if not is_uint(self.height) or self.height == 0 or not is_uint(self.round):
             raise LocalProtocolError("proposal height must be >= 1 and round >= 0")
         if not isinstance(self.block, Block) or self.block.height != self.height:
             raise LocalProtocolError("a proposal's block must be of the proposal's height")
@@ -215,7 +220,7 @@ class Proposal:
             raise LocalProtocolError("valid_round must be an int")
         if not (self.valid_round == -1 or 0 <= self.valid_round < self.round):
             raise LocalProtocolError(f"valid_round {self.valid_round} must be -1 or below round {self.round}")
-        if not _uint(self.proposer):
+        if not is_uint(self.proposer):
             raise LocalProtocolError("proposer must be a validator index")
 
     def signing_bytes(self, swarm_id: bytes) -> bytes:
@@ -229,7 +234,7 @@ class SignedProposal:
     signature: bytes
 
     def __post_init__(self) -> None:
-        if not _bytes(self.signature, SIG_BYTES):
+        if not is_bytes(self.signature, SIG_BYTES):
             raise LocalProtocolError(f"a signature is {SIG_BYTES} bytes")
 
     def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
@@ -270,11 +275,11 @@ class Vote:
     def __post_init__(self) -> None:
         if not isinstance(self.type, VoteType):
             raise LocalProtocolError(f"vote type must be a VoteType, got {self.type!r}")
-        if not _uint(self.height) or self.height == 0 or not _uint(self.round):
+        if not is_uint(self.height) or self.height == 0 or not is_uint(self.round):
             raise LocalProtocolError("vote height must be >= 1 and round >= 0")
-        if self.value is not None and not _bytes(self.value, HASH_BYTES):
+        if self.value is not None and not is_bytes(self.value, HASH_BYTES):
             raise LocalProtocolError("a vote's value is a 32-byte block hash or nil")
-        if not _uint(self.validator):
+        if not is_uint(self.validator):
             raise LocalProtocolError("validator must be an index")
 
     @property
@@ -291,7 +296,7 @@ class SignedVote:
     signature: bytes
 
     def __post_init__(self) -> None:
-        if not _bytes(self.signature, SIG_BYTES):
+        if not is_bytes(self.signature, SIG_BYTES):
             raise LocalProtocolError(f"a signature is {SIG_BYTES} bytes")
 
     def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
