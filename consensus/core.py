@@ -93,9 +93,16 @@ class Core:
         prev_hash: bytes,
         timeouts: Timeouts = Timeouts(),
         safety: SafetyRules | None = None,
+        start_heights_at_once: bool = True,
     ) -> None:
-        """``safety`` is None for an observer, which follows and decides but never votes."""
+        """``safety`` is None for an observer, which follows and decides but never votes.
+
+        With ``start_heights_at_once=False`` a new height waits for ``Started`` (the
+        driver feeds it once there is something to agree on) or for a peer's message at
+        that height (someone else has work): an idle swarm then runs no rounds at all,
+        as CometBFT's ``create_empty_blocks = false``."""
         self.swarm_id, self.valset, self.timeouts, self.safety = swarm_id, valset, timeouts, safety
+        self.start_heights_at_once = start_heights_at_once
         self.me = safety.validator if safety is not None else None
         if self.me is not None and valset.validators[self.me].public_key != safety.public_key:
             raise LocalProtocolError("the safety rules' key is not this validator's")
@@ -114,6 +121,7 @@ class Core:
     def _enter_height(self, height: int, prev_hash: bytes) -> None:
         self.height, self.prev_hash = height, prev_hash  # L2 / L52
         self.round, self.step = 0, Step.PROPOSE  # L3-L4
+        self.started = False  # StartRound has run at this height
         self.locked_value: bytes | None = None  # L6 / L53 (the hash is all the rules need)
         self.locked_round = -1  # L7
         self.valid_value: Block | None = None  # L8
@@ -143,7 +151,8 @@ class Core:
         """Apply one input; the effects to carry out, in order. Raises
         ``RemoteProtocolError`` (state unchanged) for a peer's invalid message."""
         if isinstance(inp, Started):
-            self._start_round(self.round)  # L10
+            if not self.started:
+                self._start_round(self.round)  # L10
         elif isinstance(inp, ProposalReceived):
             self._on_proposal(inp.proposal)
         elif isinstance(inp, VoteReceived):
@@ -181,6 +190,8 @@ class Core:
         if round > self.round + MAX_ROUNDS_AHEAD:
             self._ignore("far_future_round")
             return False
+        if not self.started:
+            self._start_round(self.round)  # a peer is at our height: join it
         return True
 
     def _ask_decision(self, height: int) -> None:
@@ -272,6 +283,7 @@ class Core:
     # --- the round ------------------------------------------------------------------------
 
     def _start_round(self, round: int) -> None:  # L11
+        self.started = True
         self.round = round  # L12
         self.step = Step.PROPOSE  # L13
         proposer = self.valset.proposer(self.height, round)
@@ -423,7 +435,8 @@ class Core:
             certificate = QuorumCertificate.from_votes(votes, len(self.valset))
         self._out.append(Decide(self.height, round, block, certificate))  # L51
         self._enter_height(self.height + 1, block.hash)  # L52-L53
-        self._start_round(0)  # L54
+        if self.start_heights_at_once:
+            self._start_round(0)  # L54
         buffered, self._buffer = self._buffer, []
         for inp in buffered:
             try:

@@ -42,6 +42,17 @@ class Params:
     timeout_precommit_ms: int = 1000
     timeout_delta_ms: int = 500
     checkpoint_interval: int = 10
+    # The motion lifecycle: a motion resolves once ballots holding more than 2/3 of the
+    # power are revealed, or with what was revealed when its deadline passes. A validator
+    # reveals once more than 2/3 of the power has committed, or this long after its own
+    # commitment; it re-sends its commitments and reveals of unresolved motions (gossip
+    # loses messages).
+    motion_deadline_ms: int = 120_000
+    reveal_timeout_ms: int = 10_000
+    ballot_rebroadcast_ms: int = 5_000
+    max_pending_motions: int = 1000
+    max_pending_per_sender: int = 100
+    max_resolutions_per_block: int = 64
     allowed_models: tuple[str, ...] = ()
 
     # (minimum, maximum) of each numeric field; loading checks them and names the field.
@@ -59,6 +70,12 @@ class Params:
         "timeout_precommit_ms": (10, 600_000),
         "timeout_delta_ms": (0, 600_000),
         "checkpoint_interval": (1, 1_000_000),
+        "motion_deadline_ms": (100, 86_400_000),
+        "reveal_timeout_ms": (10, 3_600_000),
+        "ballot_rebroadcast_ms": (100, 3_600_000),
+        "max_pending_motions": (1, 1_000_000),
+        "max_pending_per_sender": (1, 1_000_000),
+        "max_resolutions_per_block": (1, 256),
     }
 
 

@@ -164,11 +164,11 @@ class Harness:
 
     def __init__(self, *, height: int = 1, powers: tuple[int, ...] = EQUAL, me: int | None = 0,
                  invalid: frozenset[bytes] | set[bytes] = frozenset(), prev_hash: bytes = GENESIS,
-                 auto_persist: bool = True, persisted_state=None) -> None:
+                 auto_persist: bool = True, persisted_state=None, start_heights_at_once: bool = True) -> None:
         self.valset = valset(powers)
         self.safety = SafetyRules(SEEDS[me], SWARM, me, persisted_state) if me is not None else None
         self.core = Core(swarm_id=SWARM, valset=self.valset, height=height, prev_hash=prev_hash,
-                         timeouts=T, safety=self.safety)
+                         timeouts=T, safety=self.safety, start_heights_at_once=start_heights_at_once)
         self.invalid = set(invalid)
         self.auto_persist = auto_persist
         self.log: list = []  # every effect ever emitted
@@ -723,6 +723,34 @@ def test_decision_carries_a_commit_certificate_that_verifies() -> None:
     assert qc.verify(h.valset, SWARM) is None
     assert (qc.type, qc.height, qc.round, qc.value, qc.indices()) == (PRECOMMIT, 1, 0, V.hash, [0, 2, 3])
     assert decide.block == V
+
+
+# --- an idle swarm runs no rounds (start_heights_at_once=False) -------------------------
+
+
+def test_a_waiting_core_schedules_nothing_after_deciding_until_started() -> None:
+    h = Harness(start_heights_at_once=False)
+    h.feed_all([START, prop(0, V), pv(0, V, 2, 3), pc(0, V, 2)])
+    out = h.feed_all(pc(0, V, 3))
+    assert summaries(out) == [("Decide", 1, 0, "v")]  # no L54 yet: nothing to agree on
+    assert h.state() == S(0, P, height=2)
+    assert summaries(h.feed(START)) == start(0, height=2)
+    assert h.feed(START) == []  # a second Started changes nothing
+
+
+def test_a_peers_message_at_our_height_starts_a_waiting_core() -> None:
+    h = Harness(start_heights_at_once=False, height=2, prev_hash=V.hash)
+    out = h.feed(prop(0, B2))
+    assert summaries(out)[: len(start(0, height=2))] == start(0, height=2)
+    assert ("ValidateValue", 2, 0, "b2") in summaries(out)
+
+
+def test_started_twice_does_not_restart_the_round() -> None:
+    h = Harness()
+    h.feed_all([START, prop(0, V)])
+    assert h.state().step is Step.PREVOTE
+    assert h.feed(START) == []
+    assert h.state().step is Step.PREVOTE
 
 
 # --- observers --------------------------------------------------------------------------

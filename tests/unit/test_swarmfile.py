@@ -146,6 +146,12 @@ def test_round_trip_with_every_parameter_changed(tmp_path):
         timeout_precommit_ms=12,
         timeout_delta_ms=0,
         checkpoint_interval=1,
+        motion_deadline_ms=100,
+        reveal_timeout_ms=10,
+        ballot_rebroadcast_ms=100,
+        max_pending_motions=1,
+        max_pending_per_sender=1,
+        max_resolutions_per_block=1,
         allowed_models=(),
     )
     assert set(params) == set(Params.LIMITS) | {"allowed_models"}
