@@ -20,6 +20,7 @@ MAX_MOTION_TEXT = 4000
 MAX_OPTIONS = 16
 MAX_OPTION_LEN = 64
 DEFAULT_OPTIONS = ("approve", "reject")
+NO_SUPERMAJORITY = "no-supermajority"  # a motion's outcome when no option has > 2/3 of the power
 
 
 class Senders(enum.Enum):
@@ -47,6 +48,9 @@ def _check_options(options: tuple[str, ...]) -> None:
             raise LocalProtocolError(f"option {opt[:20]!r}... is longer than {MAX_OPTION_LEN}")
     if len(set(options)) != len(options):
         raise LocalProtocolError(f"options must be distinct, got {list(options)}")
+    if NO_SUPERMAJORITY in options:
+        # The outcome when no option wins: an option of that name would be ambiguous.
+        raise LocalProtocolError(f"{NO_SUPERMAJORITY!r} is reserved and cannot be an option")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from agents.grammar import (
     parse_output,
 )
 from p2p.errors import LocalProtocolError
-from p2p.messages import MAX_OPTION_LEN, MAX_OPTIONS
+from p2p.messages import MAX_OPTION_LEN, MAX_OPTIONS, NO_SUPERMAJORITY
 
 # --- a small GBNF parser (llama.cpp's syntax) -------------------------------------------
 
@@ -212,7 +212,7 @@ def test_gbnf_checker_rejects_what_llama_cpp_rejects():
 
 # --- strategies -----------------------------------------------------------------------
 
-option_text = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o)
+option_text = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o and o != NO_SUPERMAJORITY)
 tricky_option = st.sampled_from([
     "yes", "yes please", 'say "hi"', "back\\slash", "\\", '"', "a\nb", "tab\there", "héllo", "日本語",
     "🎉 party", "a|b", "(x)", "[y]", "#hash", "::=", "x*+?", "{1,2}", "<|im_end|>", "nul\x00byte", "del\x7f",

@@ -15,6 +15,7 @@ from p2p.messages import (
     MAX_MOTION_TEXT,
     MAX_OPTION_LEN,
     MAX_OPTIONS,
+    NO_SUPERMAJORITY,
     SENDERS,
     Motion,
     Senders,
@@ -218,3 +219,8 @@ def test_arbitrary_payload_bytes_only_raise_bad_payload(data):
             decode(data)
         except RemoteProtocolError as exc:
             assert exc.reason is RejectReason.BAD_PAYLOAD
+
+
+def test_the_no_supermajority_outcome_cannot_be_an_option():
+    with pytest.raises(LocalProtocolError, match="reserved"):
+        Motion("Which?", ("approve", NO_SUPERMAJORITY))
