@@ -1,0 +1,188 @@
+"""Motions in flight: received, balloted, not yet decided.
+
+The pool is the one place that knows, for each unresolved motion, who has committed to a
+ballot and who has revealed one, and so when the motion can be resolved: once ballots
+of validators holding more than 2/3 of the power are revealed (``Closing.QUORUM``), or
+with whatever was revealed when its deadline passes (``Closing.DEADLINE``).
+
+It is bounded, because anyone may submit motions: at most ``max_pending_motions`` in
+all and ``max_pending_per_sender`` from one signer; duplicates and motions decided
+before are dropped. Pure: the caller passes the time in (seconds, any monotonic clock).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from agents.commitment import Commitment, Reveal, RevealMismatch, check_reveal
+from agents.resolution import CastBallot, Closing, Resolution, resolve
+from p2p.errors import LocalProtocolError
+from p2p.messages import Motion
+from p2p.swarmfile import SwarmConfig
+
+MAX_ORPHAN_REVEALS = 4  # per motion: reveals that arrived before their commitment
+
+
+class Admission(enum.StrEnum):
+    ADDED = "added"
+    DUPLICATE = "duplicate"
+    DECIDED_BEFORE = "decided_before"
+    POOL_FULL = "pool_full"
+    SENDER_FULL = "sender_full"
+
+
+class BallotVerdict(enum.StrEnum):
+    ADDED = "added"
+    DUPLICATE = "duplicate"
+    UNKNOWN_MOTION = "unknown_motion"  # not pending here (decided already, or not seen yet)
+    NOT_VALIDATOR = "not_validator"
+    CONFLICT = "conflict"  # a second, different commitment from the same voter
+    MISMATCH = "mismatch"  # a reveal that does not open the voter's commitment
+    WAITING = "waiting"  # a reveal kept until its commitment arrives
+
+
+@dataclass(slots=True)
+class PendingEntry:
+    motion_id: bytes
+    envelope: bytes  # the signed MOTION envelope, as received
+    motion: Motion
+    sender: bytes
+    first_seen: float
+    commitments: dict[bytes, Commitment] = field(default_factory=dict)
+    reveals: dict[bytes, Reveal] = field(default_factory=dict)  # opened commitments only
+    orphans: dict[bytes, Reveal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    committed_power: int
+    revealed_power: int
+
+
+class MotionPool:
+    def __init__(self, swarm: SwarmConfig, decided: set[bytes] | None = None) -> None:
+        self.swarm = swarm
+        p = swarm.params
+        self.max_motions, self.max_per_sender = p.max_pending_motions, p.max_pending_per_sender
+        self.deadline_s = p.motion_deadline_ms / 1000
+        self._power = {v.public_key: v.power for v in swarm.validators}
+        self._total = swarm.total_power
+        self._pending: dict[bytes, PendingEntry] = {}  # in arrival order
+        self._per_sender: Counter[bytes] = Counter()
+        self._decided: set[bytes] = set(decided or ())
+
+    # --- motions --------------------------------------------------------------------
+
+    def add_motion(self, motion_id: bytes, envelope: bytes, motion: Motion, sender: bytes, now: float) -> Admission:
+        if motion_id in self._pending:
+            return Admission.DUPLICATE
+        if motion_id in self._decided:
+            return Admission.DECIDED_BEFORE
+        if len(self._pending) >= self.max_motions:
+            return Admission.POOL_FULL
+        if self._per_sender[sender] >= self.max_per_sender:
+            return Admission.SENDER_FULL
+        self._pending[motion_id] = PendingEntry(motion_id, envelope, motion, sender, now)
+        self._per_sender[sender] += 1
+        return Admission.ADDED
+
+    def get(self, motion_id: bytes) -> PendingEntry | None:
+        return self._pending.get(motion_id)
+
+    def pending(self) -> list[PendingEntry]:
+        return list(self._pending.values())
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def is_decided(self, motion_id: bytes) -> bool:
+        return motion_id in self._decided
+
+    def mark_decided(self, motion_ids: list[bytes]) -> None:
+        for m in motion_ids:
+            self._decided.add(m)
+            entry = self._pending.pop(m, None)
+            if entry is not None:
+                self._per_sender[entry.sender] -= 1
+                if not self._per_sender[entry.sender]:
+                    del self._per_sender[entry.sender]
+
+    def deadline_passed(self, motion_id: bytes, now: float) -> bool:
+        """A validator's judgement of a proposal that closes a motion by its deadline.
+        A motion we never saw cannot be disputed: its deadline counts as passed."""
+        entry = self._pending.get(motion_id)
+        return entry is None or now - entry.first_seen >= self.deadline_s
+
+    # --- ballots --------------------------------------------------------------------
+
+    def add_commitment(self, c: Commitment) -> BallotVerdict:
+        """``c`` is signed by its voter (the gate checked the envelope; we check ``c``)."""
+        if c.voter not in self._power:
+            return BallotVerdict.NOT_VALIDATOR
+        entry = self._pending.get(c.motion_id)
+        if entry is None:
+            return BallotVerdict.UNKNOWN_MOTION
+        known = entry.commitments.get(c.voter)
+        if known is not None:
+            return BallotVerdict.DUPLICATE if known == c else BallotVerdict.CONFLICT
+        if c.swarm_id != self.swarm.swarm_id or not c.verify():
+            return BallotVerdict.MISMATCH
+        entry.commitments[c.voter] = c
+        orphan = entry.orphans.pop(c.voter, None)
+        if orphan is not None:
+            self.add_reveal(orphan)
+        return BallotVerdict.ADDED
+
+    def add_reveal(self, r: Reveal) -> BallotVerdict:
+        voter = r.ballot.voter
+        if voter not in self._power:
+            return BallotVerdict.NOT_VALIDATOR
+        entry = self._pending.get(r.ballot.motion_id)
+        if entry is None:
+            return BallotVerdict.UNKNOWN_MOTION
+        if voter in entry.reveals:
+            return BallotVerdict.DUPLICATE
+        commitment = entry.commitments.get(voter)
+        if commitment is None:
+            if len(entry.orphans) < MAX_ORPHAN_REVEALS or voter in entry.orphans:
+                entry.orphans[voter] = r
+            return BallotVerdict.WAITING
+        try:
+            check_reveal(commitment, r)
+        except RevealMismatch:
+            return BallotVerdict.MISMATCH
+        if (r.ballot.motion_text, r.ballot.options) != (entry.motion.text, entry.motion.options):
+            return BallotVerdict.MISMATCH
+        entry.reveals[voter] = r
+        return BallotVerdict.ADDED
+
+    def progress(self, motion_id: bytes) -> Progress:
+        entry = self._pending.get(motion_id)
+        if entry is None:
+            raise LocalProtocolError(f"motion {motion_id.hex()[:12]} is not pending")
+        return Progress(sum(self._power[v] for v in entry.commitments),
+                        sum(self._power[v] for v in entry.reveals))
+
+    def is_quorum(self, power: int) -> bool:
+        return 3 * power > 2 * self._total
+
+    # --- resolution -----------------------------------------------------------------
+
+    def resolvable(self, now: float, limit: int) -> list[Resolution]:
+        """Up to ``limit`` resolutions, oldest motion first: what a proposer packs."""
+        out: list[Resolution] = []
+        for entry in self._pending.values():
+            if len(out) >= limit:
+                break
+            revealed = sum(self._power[v] for v in entry.reveals)
+            if self.is_quorum(revealed):
+                closing = Closing.QUORUM
+            elif now - entry.first_seen >= self.deadline_s:
+                closing = Closing.DEADLINE
+            else:
+                continue
+            cast = [CastBallot(entry.commitments[v], r) for v, r in entry.reveals.items()]
+            out.append(resolve(entry.envelope, cast, self.swarm, closing))
+        return out
