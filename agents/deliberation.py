@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from agents.ballot import ASK_SWARM_ID, Ballot, Timings, motion_digest
@@ -58,3 +59,44 @@ def replay(ballot: Ballot, runtime: ModelRuntime, persona: str) -> ReplayResult:
     same = (answer.choice, answer.reason) == (ballot.choice, ballot.reason)
     return ReplayResult(same and valid and not diff, (ballot.choice, ballot.reason), (answer.choice, answer.reason),
                         diff, valid)
+
+
+class LlmDeliberator:
+    """A validator's ballots from its local model (``agents.node.Deliberator``)."""
+
+    def __init__(self, runtime: ModelRuntime, identity: Identity, persona: str, swarm_id: bytes,
+                 timeout_s: float = 60.0) -> None:
+        self.runtime, self.identity, self.persona, self.swarm_id = runtime, identity, persona, swarm_id
+        self.timeout_s = timeout_s
+
+    async def ballot(self, motion_id: bytes, motion) -> Ballot:
+        answer = await self.runtime.answer_async(self.persona, motion.text, motion.options, self.timeout_s)
+        return Ballot.sign(
+            self.identity, swarm_id=self.swarm_id, motion_id=motion_id, motion_text=motion.text,
+            options=motion.options, choice=answer.choice, reason=answer.reason,
+            fingerprint=self.runtime.fingerprint(self.persona, motion.options),
+            timings=timings_of(answer, self.runtime.load_ms),
+        )
+
+
+FIXED_MODEL_SHA256 = hashlib.sha256(b"conclave fixed-choice model").hexdigest()
+
+
+class FixedDeliberator:
+    """Ballots that cost nothing: a choice given by a function of the motion (the first
+    option by default). For fast tests and for benchmarks of the agreement alone; its
+    fingerprint names no real model, so a swarm with ``allowed_models`` refuses it."""
+
+    def __init__(self, identity: Identity, swarm_id: bytes, choose=None) -> None:
+        self.identity, self.swarm_id = identity, swarm_id
+        self.choose = choose or (lambda motion: motion.options[0])
+
+    async def ballot(self, motion_id: bytes, motion) -> Ballot:
+        from agents.ballot import ModelFingerprint, Sampling  # noqa: PLC0415
+
+        digest = hashlib.sha256(b"fixed").hexdigest()
+        fingerprint = ModelFingerprint(FIXED_MODEL_SHA256, 1, Sampling(), "fixed-1", digest, digest, "none")
+        return Ballot.sign(
+            self.identity, swarm_id=self.swarm_id, motion_id=motion_id, motion_text=motion.text,
+            options=motion.options, choice=self.choose(motion), reason="fixed choice", fingerprint=fingerprint,
+        )

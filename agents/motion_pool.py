@@ -103,11 +103,15 @@ class MotionPool:
     def mark_decided(self, motion_ids: list[bytes]) -> None:
         for m in motion_ids:
             self._decided.add(m)
-            entry = self._pending.pop(m, None)
-            if entry is not None:
-                self._per_sender[entry.sender] -= 1
-                if not self._per_sender[entry.sender]:
-                    del self._per_sender[entry.sender]
+            self.discard(m)
+
+    def discard(self, motion_id: bytes) -> None:
+        """Forget a pending motion (decided, or refused by the store)."""
+        entry = self._pending.pop(motion_id, None)
+        if entry is not None:
+            self._per_sender[entry.sender] -= 1
+            if not self._per_sender[entry.sender]:
+                del self._per_sender[entry.sender]
 
     def deadline_passed(self, motion_id: bytes, now: float) -> bool:
         """A validator's judgement of a proposal that closes a motion by its deadline.

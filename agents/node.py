@@ -1,0 +1,619 @@
+"""The agent node: one peer's motions, ballots and agreement, run by one loop.
+
+Everything that changes the node's state arrives as an event on one channel (network
+messages, timer expiries, finished ballots, fetched decisions, a once-a-second tick)
+and is handled to the end before the next: the consensus core, the motion pool and the
+store never see two things at once, and no lock is needed. Slow work runs beside the
+loop and reports back through the same channel: inference in the ballot worker, catch-up
+requests in the catch-up worker, fsync in the store's worker thread.
+
+The flow of one motion (DESIGN.md): a MOTION enters the pool (bounded, deduplicated,
+kept on disk); a validator's ballot worker asks the LLM, stores the ballot and its salt
+durably, and the node broadcasts the commitment; it reveals once more than 2/3 of the
+power has committed (or after ``reveal_timeout_ms``); the motion is resolvable once
+more than 2/3 of the power has revealed (or at its deadline). A height is started only
+when this node has something to resolve, or when a peer's message shows that someone
+else has; the proposer packs what is resolvable into a block; validators check blocks
+without the LLM; a decision is stored with its certificate, then logged as one
+``agreement`` line per motion.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from agents.ballot import Ballot
+from agents.commitment import Commitment, Reveal, commit
+from agents.driver import ConsensusDriver
+from agents.logs import emit
+from agents.metrics import PeerMetrics
+from agents.naming import describe_sender, short
+from agents.motion_pool import Admission, BallotVerdict, MotionPool
+from agents.resolution import NO_SUPERMAJORITY, decode_payload, describe_tally, encode_payload, check_payload
+from agents.storage import PeerStore, PendingMotionsFull
+from consensus.core import Core, Timeouts
+from consensus.errors import RemoteProtocolError as ConsensusRemoteError
+from consensus.events import (
+    Decide,
+    DecisionReceived,
+    Input,
+    ProposalReceived,
+    ReportEvidence,
+    ReportRoundChange,
+    RequestDecision,
+    RequestValue,
+    Started,
+    TimeoutFired,
+    ValidateValue,
+    ValueReady,
+    VoteReceived,
+)
+from consensus.qc import QuorumCertificate
+from consensus.safety import SafetyRules, SafetyState
+from consensus.types import Block, SignedProposal, SignedVote, Step, Validator, ValidatorSet
+from p2p.envelope import Envelope, MessageType, decode_envelope
+from p2p.errors import LocalProtocolError, RemoteProtocolError
+from p2p.keys import Identity
+from p2p.messages import Motion
+from p2p.net import MessageArrived, PeerConnected, PeerDisconnected, SwarmNetwork
+from p2p.swarmfile import SwarmConfig
+from p2p.sync import MAX_BATCH
+from p2p.validation import Accepted
+
+log = logging.getLogger("conclave.peer")
+
+BLOCK_OVERHEAD = 2048  # room in a message for the proposal and envelope around a block
+TICK_S = 1.0
+
+
+# --- events the node's loop handles besides network events ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    timeout: TimeoutFired
+
+
+@dataclass(frozen=True, slots=True)
+class BallotReady:
+    motion_id: bytes
+    commitment: Commitment
+    reveal: Reveal
+    seconds: float  # inference time (0 when the ballot was stored before a restart)
+
+
+@dataclass(frozen=True, slots=True)
+class BallotFailed:
+    motion_id: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionsFetched:
+    first: int
+    peer: str | None
+    decisions: list  # [(height, block bytes, certificate bytes)], unverified
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+NodeEvent = TimerFired | BallotReady | BallotFailed | DecisionsFetched | Tick
+
+# Fetches decided blocks: (first, last) -> (peer that answered, raw decisions).
+Fetch = Callable[[int, int], Awaitable[tuple[str | None, list]]]
+
+
+class Deliberator:
+    """Makes this agent's ballot for a motion (the LLM). Tests pass a fake."""
+
+    async def ballot(self, motion_id: bytes, motion: Motion) -> Ballot:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class OwnBallot:
+    commitment: Commitment
+    reveal: Reveal
+    committed_at: float
+    last_sent: float
+    revealed: bool = False
+
+
+@dataclass(slots=True)
+class NodeStats:
+    motions: int = 0
+    duplicates: int = 0
+    decisions: int = 0
+    agreements: int = 0
+    ballots: dict = field(default_factory=dict)  # BallotVerdict -> count
+    rejected_consensus: int = 0
+
+
+def consensus_valset(swarm: SwarmConfig) -> ValidatorSet:
+    return ValidatorSet(tuple(Validator(v.public_key, v.power) for v in swarm.validators))
+
+
+def timeouts_of(swarm: SwarmConfig) -> Timeouts:
+    p = swarm.params
+    return Timeouts(p.timeout_propose_ms, p.timeout_prevote_ms, p.timeout_precommit_ms, p.timeout_delta_ms)
+
+
+class AgentNode:
+    """Build with :meth:`load` (reads the store), then run with :func:`serve_node`."""
+
+    def __init__(self, swarm: SwarmConfig, identity: Identity, store: PeerStore, outbox, *,
+                 deliberator: Deliberator | None, fetch: Fetch | None, metrics: PeerMetrics | None = None,
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        self.swarm, self.identity, self.store, self.outbox = swarm, identity, store, outbox
+        self.deliberator, self.fetch, self._clock = deliberator, fetch, clock
+        self.metrics = metrics or PeerMetrics()
+        self.valset = consensus_valset(swarm)
+        self.member = swarm.validator_by_key(identity.public_key)
+        self.name = self.member.name if self.member else f"observer-{identity.peer_id[-6:]}"
+        self.index = self.valset.index_of(identity.public_key)
+        self.pool = MotionPool(swarm)
+        self.stats = NodeStats()
+        self.mine: dict[bytes, OwnBallot] = {}
+        self.core: Core | None = None
+        self.driver: ConsensusDriver | None = None
+        self._want: tuple[int, int] | None = None  # (height, round) we must propose at
+        self._height_started_at: float | None = None
+        self._rounds_this_height = 1
+        self._catching_up: int | None = None  # first height of the fetch in flight
+        self._inbox: trio.MemorySendChannel | None = None
+        self._ballot_queue: trio.MemorySendChannel | None = None
+        self._catchup_queue: trio.MemorySendChannel | None = None
+        self._resend: list[OwnBallot] = []
+        self._peers: set[str] = set()
+
+    @property
+    def is_validator(self) -> bool:
+        return self.index is not None
+
+    async def load(self) -> None:
+        """Rebuild the state from the store: the chain tip, the last signed vote (with
+        its lock), the motions still pending and our ballots for them."""
+        last = await self.store.alast_height()
+        tip = await self.store.atip_hash()
+        decided: set[bytes] = set()
+        for first in range(1, last + 1, 256):
+            for d in await self.store.adecisions(first, min(last, first + 255)):
+                decided.update(_motion_ids(d.block))
+        self.pool = MotionPool(self.swarm, decided)
+        safety = None
+        durable: SafetyState | None = None
+        if self.is_validator:
+            durable = await self.store.aload_safety_state()
+            safety = SafetyRules(self.identity.seed, self.swarm.swarm_id, self.index, durable)
+        self.core = Core(swarm_id=self.swarm.swarm_id, valset=self.valset, height=last + 1, prev_hash=tip,
+                         timeouts=timeouts_of(self.swarm), safety=safety, start_heights_at_once=False)
+        self.driver = ConsensusDriver(self.core, self, self._clock)
+        now = self._clock()
+        for pm in await self.store.apending_motions():
+            env = decode_envelope(pm.envelope)  # our own disk: written after validation
+            self.pool.add_motion(pm.motion_id, pm.envelope, Motion.decode(env.payload), env.sender, now)
+            stored = await self.store.aballot(pm.motion_id) if self.is_validator else None
+            if stored is not None:
+                c = commit(stored.ballot, stored.salt, self.identity)
+                self.mine[pm.motion_id] = OwnBallot(c, stored, now, now - 1e9)
+                self.pool.add_commitment(c)
+        self.metrics.set_height(last)
+        self._resume_height = durable is not None and durable.height == last + 1
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """After the services are up: resume a height we were voting in, ballot on
+        motions that were pending without our ballot, and re-send what we committed."""
+        if self._resume_height:
+            await self._start_height()
+        for entry in self.pool.pending():
+            if self.is_validator and entry.motion_id not in self.mine:
+                self._queue_ballot(entry.motion_id, entry.motion)
+        await self.progress()
+
+    async def handle(self, event: object) -> None:
+        if isinstance(event, MessageArrived):
+            if not isinstance(event.verdict, Accepted):
+                raise LocalProtocolError("the network was not started with this peer's gate")
+            await self.on_message(event.verdict)
+        elif isinstance(event, TimerFired):
+            await self.driver.handle(event.timeout)
+        elif isinstance(event, BallotReady):
+            await self._on_ballot_ready(event)
+        elif isinstance(event, BallotFailed):
+            emit(log, "ballot_failed", f"no ballot for motion {event.motion_id.hex()[:12]}: {event.error}",
+                 logging.WARNING, motion_id=event.motion_id.hex(), error=event.error)
+        elif isinstance(event, DecisionsFetched):
+            await self._on_fetched(event)
+        elif isinstance(event, Tick):
+            self._rebroadcast_ballots()
+        elif isinstance(event, PeerConnected):
+            self._peers.add(event.peer)
+            self.metrics.set_peers_connected(len(self._peers))
+            who = describe_sender(self.swarm, peer_id=event.peer)
+            emit(log, "peer_joined", f"peer joined: {who} ({event.peer})", peer=who, peer_id=event.peer,
+                 connected=len(self._peers))
+            if self.swarm.validator_by_peer_id(event.peer) is not None:
+                self.request_catch_up(self.core.height)  # we may have been away
+        elif isinstance(event, PeerDisconnected):
+            self._peers.discard(event.peer)
+            self.metrics.set_peers_connected(len(self._peers))
+            who = describe_sender(self.swarm, peer_id=event.peer)
+            emit(log, "peer_left", f"peer left: {who} ({event.peer})", peer=who, peer_id=event.peer,
+                 connected=len(self._peers))
+        await self.progress()
+
+    async def on_message(self, accepted) -> None:
+        t = accepted.type
+        self.metrics.message_in(t)
+        if t is MessageType.MOTION:
+            await self._on_motion(accepted.envelope, accepted.payload)
+        elif t is MessageType.PROPOSAL:
+            await self.driver.handle(ProposalReceived(accepted.payload))
+        elif t is MessageType.VOTE:
+            await self.driver.handle(VoteReceived(accepted.payload))
+        elif t is MessageType.BALLOT_COMMIT:
+            self._count(self.pool.add_commitment(accepted.payload))
+        elif t is MessageType.BALLOT_REVEAL:
+            self._count(self.pool.add_reveal(accepted.payload))
+        elif t is MessageType.STATUS:
+            st = accepted.payload
+            emit(log, "status_received", f"status from {st.name}: version {st.agent_version}", logging.DEBUG,
+                 name=st.name, agent_version=st.agent_version, listen=list(st.listen_addrs))
+
+    def _count(self, verdict: BallotVerdict) -> None:
+        self.stats.ballots[verdict.value] = self.stats.ballots.get(verdict.value, 0) + 1
+        if verdict in (BallotVerdict.CONFLICT, BallotVerdict.MISMATCH):
+            emit(log, "ballot_rejected", f"ballot message rejected: {verdict.value}", logging.WARNING,
+                 verdict=verdict.value)
+
+    # --- motions and ballots ----------------------------------------------------------
+
+    async def _on_motion(self, env: Envelope, motion: Motion) -> None:
+        motion_id = env.message_id
+        verdict = self.pool.add_motion(motion_id, env.encode(), motion, env.sender, self._clock())
+        if verdict is not Admission.ADDED:
+            self.stats.duplicates += verdict in (Admission.DUPLICATE, Admission.DECIDED_BEFORE)
+            level = logging.DEBUG if verdict in (Admission.DUPLICATE, Admission.DECIDED_BEFORE) else logging.WARNING
+            emit(log, "motion_dropped", f"motion {motion_id.hex()[:12]} not taken: {verdict.value}", level,
+                 motion_id=motion_id.hex(), reason=verdict.value)
+            return
+        try:
+            await self.store.aadd_pending_motion(motion_id, env.encode())
+        except PendingMotionsFull as exc:
+            self.pool.discard(motion_id)
+            emit(log, "motion_dropped", f"motion {motion_id.hex()[:12]} not taken: {exc}", logging.WARNING,
+                 motion_id=motion_id.hex(), reason="store_full")
+            return
+        self.stats.motions += 1
+        sender = describe_sender(self.swarm, public_key=env.sender)
+        emit(log, "motion_received",
+             f'MOTION {motion_id.hex()[:12]} from {sender}: "{short(motion.text)}" [{" / ".join(motion.options)}]',
+             motion_id=motion_id.hex(), sender=sender, text=motion.text, options=list(motion.options))
+        if self.is_validator:
+            self._queue_ballot(motion_id, motion)
+
+    def _queue_ballot(self, motion_id: bytes, motion: Motion) -> None:
+        if self._ballot_queue is None or self.deliberator is None:
+            return
+        try:
+            self._ballot_queue.send_nowait((motion_id, motion))
+        except trio.WouldBlock:
+            emit(log, "ballot_skipped", f"ballot queue full: no ballot for {motion_id.hex()[:12]}", logging.WARNING,
+                 motion_id=motion_id.hex())
+
+    async def _on_ballot_ready(self, ev: BallotReady) -> None:
+        if self.pool.get(ev.motion_id) is None:
+            return  # decided while we deliberated
+        now = self._clock()
+        self.mine[ev.motion_id] = OwnBallot(ev.commitment, ev.reveal, now, now)
+        self.pool.add_commitment(ev.commitment)
+        b = ev.reveal.ballot
+        if ev.seconds:
+            self.metrics.observe_ballot(ev.seconds)
+        emit(log, "ballot_committed",
+             f"ballot for {ev.motion_id.hex()[:12]} committed ({ev.seconds:.2f} s of inference)",
+             logging.DEBUG, motion_id=ev.motion_id.hex(), seconds=round(ev.seconds, 3), choice=b.choice)
+        await self._send(MessageType.BALLOT_COMMIT, ev.commitment.encode())
+
+    async def _reveal_when_due(self, now: float) -> None:
+        reveal_after = self.swarm.params.reveal_timeout_ms / 1000
+        for motion_id, own in self.mine.items():
+            if own.revealed or self.pool.get(motion_id) is None:
+                continue
+            committed = self.pool.progress(motion_id).committed_power
+            if self.pool.is_quorum(committed) or now - own.committed_at >= reveal_after:
+                own.revealed = True
+                self.pool.add_reveal(own.reveal)
+                await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
+
+    def _rebroadcast_ballots(self) -> None:
+        # Gossip loses messages and peers restart: resend what we committed and revealed
+        # for motions still open, at most once per ballot_rebroadcast_ms.
+        now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
+        for motion_id, own in self.mine.items():
+            if self.pool.get(motion_id) is not None and now - own.last_sent >= every:
+                own.last_sent = now
+                self._resend.append(own)
+
+    async def _flush_resend(self) -> None:
+        pending, self._resend = self._resend, []
+        for own in pending:
+            await self._send(MessageType.BALLOT_COMMIT, own.commitment.encode())
+            if own.revealed:
+                await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
+
+    async def _send(self, type: MessageType, payload: bytes) -> None:
+        await self.outbox.send(type, payload)
+        self.metrics.message_out(type)
+
+    # --- progress: reveal, start a height, propose ------------------------------------
+
+    async def progress(self) -> None:
+        now = self._clock()
+        await self._flush_resend()
+        if self.is_validator:
+            await self._reveal_when_due(now)
+        core = self.core
+        if not self.is_validator:
+            return
+        if core.started and self._want != (core.height, core.round):
+            return
+        limit = self.swarm.params.max_resolutions_per_block
+        ready = self.pool.resolvable(now, limit)
+        if not ready:
+            return
+        if not core.started:
+            await self._start_height()
+        if self._want == (core.height, core.round) and core.step is Step.PROPOSE:
+            self._want = None
+            block = self._build_block(ready)
+            await self.driver.handle(ValueReady(core.height, core.round, block))
+
+    async def _start_height(self) -> None:
+        self._height_started_at = self._clock()
+        self._rounds_this_height = 1
+        await self.driver.handle(Started())
+
+    def _build_block(self, ready: list) -> Block:
+        budget = self.swarm.params.max_message_bytes - BLOCK_OVERHEAD
+        payload = encode_payload(ready)
+        while len(payload) > budget and len(ready) > 1:
+            ready = ready[: max(1, len(ready) // 2)]
+            payload = encode_payload(ready)
+        return Block(self.core.height, self.core.prev_hash, self.identity.public_key, payload)
+
+    # --- ConsensusApp -------------------------------------------------------------------
+
+    async def broadcast(self, type: MessageType, payload: bytes) -> None:
+        await self._send(type, payload)
+
+    async def persist_vote(self, state: SafetyState) -> None:
+        await self.store.asave_safety_state(state)
+
+    def want_value(self, request: RequestValue) -> None:
+        self._want = (request.height, request.round)
+
+    def validate(self, request: ValidateValue) -> bool:
+        now = self._clock()
+        try:
+            resolutions = decode_payload(request.block.payload)
+            check_payload(resolutions, self.swarm, deadline_passed=lambda m: self.pool.deadline_passed(m, now),
+                          already_decided=self.pool.is_decided)
+        except RemoteProtocolError as exc:
+            emit(log, "block_rejected", f"block {request.block.hash.hex()[:12]} at height {request.height} "
+                 f"round {request.round} is invalid: {exc.detail}", logging.WARNING,
+                 height=request.height, round=request.round, block_hash=request.block.hash.hex(), why=exc.detail)
+            return False
+        return True
+
+    async def decided(self, d: Decide) -> None:
+        try:
+            resolutions = decode_payload(d.block.payload)
+        except RemoteProtocolError as exc:  # certified by a quorum, yet unreadable here
+            emit(log, "block_unreadable", f"decided block at height {d.height} has a payload we cannot read: "
+                 f"{exc.detail}", logging.ERROR, height=d.height)
+            resolutions = ()
+        ids = [r.motion_id for r in resolutions]
+        await self.store.aappend_decision(d.height, d.round, d.block, d.certificate, resolved_motions=ids)
+        self.pool.mark_decided(ids)
+        for m in ids:
+            self.mine.pop(m, None)
+        self._want = None
+        power = self.valset.power_of(set(d.certificate.indices()))
+        total = self.valset.total_power
+        block_hash = d.block.hash.hex()
+        latency = None if self._height_started_at is None else self._clock() - self._height_started_at
+        self.metrics.set_height(d.height)
+        if latency is not None:
+            self.metrics.observe_commit(latency, self._rounds_this_height)
+        self._height_started_at = None
+        self.stats.decisions += 1
+        emit(log, "block_committed",
+             f"COMMITTED h={d.height} round {d.round} block {block_hash[:12]} with {len(ids)} "
+             f"resolution{'s' if len(ids) != 1 else ''}, certificate {power}/{total}",
+             height=d.height, round=d.round, block_hash=block_hash, resolutions=len(ids),
+             certificate_power=power, total_power=total,
+             latency_s=None if latency is None else round(latency, 3))
+        for r in resolutions:
+            self._log_agreement(d, r, block_hash, power, total)
+
+    def _log_agreement(self, d: Decide, r, block_hash: str, power: int, total: int) -> None:
+        motion = r.motion
+        self.stats.agreements += 1
+        self.metrics.motion_resolved("no_supermajority" if r.outcome == NO_SUPERMAJORITY else "supermajority")
+        tally = {o: p for o, p in zip(motion.options, r.tally, strict=True)}
+        emit(log, "agreement",
+             f'AGREED h={d.height} motion={r.motion_id.hex()[:12]} "{short(motion.text, 60)}" -> {r.outcome} '
+             f"({describe_tally(r, self.swarm)}; closed by {r.closing.name.lower()}) "
+             f"block {block_hash[:12]} cert {power}/{total}",
+             height=d.height, motion_id=r.motion_id.hex(), text=short(motion.text, 200), outcome=r.outcome,
+             tally=tally, closing=r.closing.name.lower(), block_hash=block_hash, certificate_power=power,
+             total_power=total)
+
+    def round_changed(self, change: ReportRoundChange) -> None:
+        self.metrics.set_round(change.round)
+        if change.round == 0:
+            return  # a new height, not a round change
+        self._rounds_this_height = change.round + 1
+        proposer = self.swarm.validators[change.proposer].name
+        emit(log, "round_changed", f"height {change.height}: round {change.round}, proposer {proposer}",
+             height=change.height, round=change.round, proposer=proposer)
+
+    def evidence(self, report: ReportEvidence) -> None:
+        ev = report.evidence
+        self.metrics.evidence()
+        first = ev.first.vote
+        who = self.swarm.validators[first.validator].name
+        emit(log, "evidence", f"EVIDENCE: {who} signed two {first.type.name.lower()}s at height {first.height} "
+             f"round {first.round}", logging.WARNING, validator=who, height=first.height, round=first.round,
+             vote_type=first.type.name.lower(), evidence=ev.encode().hex())
+
+    def catch_up(self, request: RequestDecision) -> None:
+        self.request_catch_up(request.height)
+
+    def rejected(self, error: ConsensusRemoteError, input: Input) -> None:
+        self.stats.rejected_consensus += 1
+        self.metrics.rejection(error.reason if isinstance(error.reason, str) else "consensus")
+        emit(log, "consensus_rejected", f"consensus message rejected: {error}", logging.DEBUG,
+             reason=str(error.reason), detail=str(error))
+
+    # --- catch-up -----------------------------------------------------------------------
+
+    def request_catch_up(self, first: int) -> None:
+        if self._catchup_queue is None or self._catching_up is not None:
+            return
+        try:
+            self._catchup_queue.send_nowait(first)
+        except trio.WouldBlock:
+            return
+        self._catching_up = first
+        emit(log, "catchup_started", f"catching up from height {first}", logging.DEBUG, first=first)
+
+    async def _on_fetched(self, ev: DecisionsFetched) -> None:
+        self._catching_up = None
+        if ev.error is not None:
+            emit(log, "catchup_failed", f"catch-up from height {ev.first} failed: {ev.error}", logging.DEBUG,
+                 first=ev.first, error=ev.error)
+            return
+        applied, start = 0, self.core.height
+        for height, block_bytes, cert_bytes in ev.decisions:
+            if height != self.core.height:
+                if height < self.core.height:
+                    continue
+                break
+            try:
+                decision = DecisionReceived(Block.decode(block_bytes), QuorumCertificate.decode(cert_bytes))
+            except (ConsensusRemoteError, LocalProtocolError) as exc:
+                emit(log, "catchup_rejected", f"height {height} from {ev.peer}: {exc}", logging.WARNING,
+                     height=height, peer=ev.peer, error=str(exc))
+                break
+            await self.driver.handle(decision)  # the core verifies the certificate
+            if self.core.height != height + 1:
+                break
+            applied += 1
+        if applied:
+            self.metrics.catchup_decisions(applied)
+            emit(log, "catchup_finished", f"caught up {applied} decision{'s' if applied != 1 else ''} "
+                 f"(heights {start}..{start + applied - 1}) from {ev.peer}", first=start,
+                 last=start + applied - 1, applied=applied, peer=ev.peer)
+            if len(ev.decisions) >= MAX_BATCH:
+                self.request_catch_up(self.core.height)
+
+    def status(self) -> dict:
+        core = self.core
+        return {"name": self.name, "role": "validator" if self.is_validator else "observer",
+                "height": core.height - 1, "round": core.round, "step": core.step.name.lower(),
+                "started": core.started, "pending": len(self.pool)}
+
+
+def _motion_ids(block: Block) -> list[bytes]:
+    try:
+        return [r.motion_id for r in decode_payload(block.payload)]
+    except RemoteProtocolError:
+        return []
+
+
+# --- the workers and the service ------------------------------------------------------
+
+
+async def run_ballot_worker(node: AgentNode, queue: trio.MemoryReceiveChannel, inbox: trio.MemorySendChannel,
+                            task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Deliberate on motions one at a time (the LLM is the scarce resource) and hand
+    each committed ballot to the loop. The ballot and its salt are on disk before the
+    commitment leaves, so a restart reveals what was committed and never commits twice."""
+    from agents.llm import InferenceError  # noqa: PLC0415
+
+    task_status.started()
+    async for motion_id, motion in queue:
+        if node.pool.get(motion_id) is None:
+            continue  # decided while it waited
+        stored = await node.store.aballot(motion_id)
+        seconds = 0.0
+        if stored is None:
+            start = trio.current_time()
+            try:
+                ballot = await node.deliberator.ballot(motion_id, motion)
+            except InferenceError as exc:
+                await inbox.send(BallotFailed(motion_id, str(exc)))
+                continue
+            seconds = trio.current_time() - start
+            salt = secrets.token_bytes(32)
+            await node.store.asave_ballot(motion_id, ballot, salt)
+            stored = Reveal(ballot, salt)
+        await inbox.send(BallotReady(motion_id, commit(stored.ballot, stored.salt, node.identity), stored, seconds))
+
+
+async def run_catchup_worker(fetch: Fetch, queue: trio.MemoryReceiveChannel, inbox: trio.MemorySendChannel,
+                             timeout: float = 15.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    from p2p.sync import SyncError  # noqa: PLC0415
+
+    task_status.started()
+    async for first in queue:
+        try:
+            with trio.fail_after(timeout):
+                peer, decisions = await fetch(first, first + MAX_BATCH - 1)
+            await inbox.send(DecisionsFetched(first, peer, decisions))
+        except (SyncError, trio.TooSlowError) as exc:
+            await inbox.send(DecisionsFetched(first, None, [], error=str(exc) or type(exc).__name__))
+
+
+async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``node`` (already loaded) on ``net`` until cancelled or the network stops."""
+    inbox_send, inbox = trio.open_memory_channel(1024)
+    ballot_send, ballot_recv = trio.open_memory_channel(node.swarm.params.max_pending_motions)
+    catchup_send, catchup_recv = trio.open_memory_channel(1)
+    node._inbox, node._ballot_queue, node._catchup_queue = inbox_send, ballot_send, catchup_send
+
+    async def pump_network() -> None:
+        async for event in net.events:
+            await inbox_send.send(event)
+        nursery.cancel_scope.cancel()  # the network has stopped: so do we
+
+    async def tick() -> None:
+        while True:
+            await trio.sleep(TICK_S)
+            await inbox_send.send(Tick())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.driver.run_timers, lambda t: inbox_send.send(TimerFired(t)))
+        if node.is_validator and node.deliberator is not None:
+            await nursery.start(run_ballot_worker, node, ballot_recv, inbox_send)
+        if node.fetch is not None:
+            await nursery.start(run_catchup_worker, node.fetch, catchup_recv, inbox_send)
+        nursery.start_soon(pump_network)
+        nursery.start_soon(tick)
+        await node.start()
+        task_status.started(node)
+        async for event in inbox:
+            await node.handle(event)
