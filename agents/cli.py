@@ -63,7 +63,8 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     swarm, identity = _load(args)
     opts = PeerOptions(
         swarm, identity, listen_addrs_for(swarm, identity, args.listen), dial_targets(swarm, args.bootstrap),
-        Path(args.data) if args.data else None,
+        Path(args.data) if args.data else None, args.model,
+        _persona(args) if args.persona else None, args.metrics, args.threads,
     )
     trio.run(run_peer_process, opts)
     return 0
@@ -205,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", action="append", default=[], metavar="MADDR",
                    help="extra peer to dial, /ip4/.../tcp/.../p2p/<peer id> (repeatable)")
     p.add_argument("--data", metavar="DIR", help="directory for this peer's durable state")
+    p.add_argument("--model", metavar="PATH",
+                   help="a GGUF file (default: SmolLM2-135M-Instruct), or 'fixed' for zero-cost test ballots")
+    p.add_argument("--persona", metavar="FILE", help="the agent's system prompt (default: a neutral reviewer)")
+    p.add_argument("--metrics", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for the model (default: all cores; use 1 when several peers share a machine)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=LEVELS, default="info")
     p.set_defaults(func=_cmd_peer)

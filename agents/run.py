@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import trio
 
 from agents.logs import emit
-from agents.motion_store import MotionStore
+from agents import __version__
+from agents.storage import PeerStore
 from agents.peer import Outbox, PeerGate, serve_peer
 from p2p.envelope import MessageType
 from p2p.errors import ConfigError
@@ -55,6 +57,9 @@ def listen_addrs_for(swarm: SwarmConfig, identity: Identity, listen: list[str]) 
     return ("/ip4/127.0.0.1/tcp/0",)  # observers and clients: any free port
 
 
+FIXED_MODEL = "fixed"  # --model fixed: zero-cost ballots (tests, benchmarks of agreement alone)
+
+
 @dataclass(frozen=True, slots=True)
 class PeerOptions:
     swarm: SwarmConfig
@@ -62,25 +67,88 @@ class PeerOptions:
     listen: tuple[str, ...]
     dial: tuple[DialTarget, ...]
     data_dir: Path | None
+    model: str | None = None  # a GGUF path, FIXED_MODEL, or None for the default model
+    persona: str | None = None
+    metrics_port: int | None = None
+    threads: int | None = None  # llama.cpp threads (default: its own choice, all cores)
+
+
+async def _deliberator(opts: PeerOptions):
+    """This validator's ballot maker; the model is loaded in a worker thread."""
+    from agents.deliberation import FixedDeliberator, LlmDeliberator  # noqa: PLC0415
+    from agents.prompt import DEFAULT_PERSONA  # noqa: PLC0415
+
+    if opts.model == FIXED_MODEL:
+        return FixedDeliberator(opts.identity, opts.swarm.swarm_id)
+    from agents.llm import ModelRuntime  # noqa: PLC0415 (imports llama.cpp)
+
+    path = Path(opts.model) if opts.model else None
+    runtime = await trio.to_thread.run_sync(lambda: ModelRuntime(path, n_threads=opts.threads))
+    emit(log, "model_loaded", f"model {runtime.path.name} loaded in {runtime.load_ms:.0f} ms "
+         f"(sha256 {runtime.sha256[:12]}…)", model=runtime.path.name, sha256=runtime.sha256,
+         load_ms=round(runtime.load_ms, 1))
+    return LlmDeliberator(runtime, opts.identity, opts.persona or DEFAULT_PERSONA, opts.swarm.swarm_id)
+
+
+def _fetcher(swarm: SwarmConfig, net):
+    """Catch-up over /conclave/sync/1.0.0 from the connected validators, in turn."""
+    from p2p.sync import fetch_from_any  # noqa: PLC0415
+
+    async def fetch(first: int, last: int):
+        peers = sorted(p for p in net.connected_peers() if swarm.validator_by_peer_id(p) is not None)
+        return await fetch_from_any(net, peers, swarm.swarm_id, first, last, timeout=5.0)
+
+    return fetch
 
 
 async def run_peer_process(opts: PeerOptions) -> None:
     """A peer until SIGINT or SIGTERM; then a clean shutdown (bounded, under 2 s)."""
-    store = MotionStore(opts.data_dir)
-    gate = PeerGate(opts.swarm)
-    p = opts.swarm.params
-    cfg = NetworkConfig(opts.identity, opts.swarm.topic, opts.listen, opts.dial,
+    from agents.metrics import PeerMetrics, serve_metrics  # noqa: PLC0415
+    from p2p.status import serve_status  # noqa: PLC0415
+    from p2p.sync import serve_sync  # noqa: PLC0415
+
+    swarm = opts.swarm
+    is_validator = swarm.validator_by_key(opts.identity.public_key) is not None
+    temp = None
+    data_dir = opts.data_dir
+    if data_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="conclave-peer-")
+        data_dir = Path(temp.name)
+        if is_validator:
+            emit(log, "no_data_dir", "no --data: decisions and signed votes are not kept across restarts",
+                 logging.WARNING)
+    store = PeerStore.open(data_dir, max_pending=swarm.params.max_pending_motions)
+    gate = PeerGate(swarm)
+    metrics = PeerMetrics()
+    p = swarm.params
+    cfg = NetworkConfig(opts.identity, swarm.topic, opts.listen, opts.dial,
                         p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate)
     try:
+        deliberator = await _deliberator(opts) if is_validator else None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                if opts.metrics_port is not None:
+                    port = await nursery.start(serve_metrics, metrics, "127.0.0.1", opts.metrics_port)
+                    emit(log, "metrics_listening", f"metrics on http://127.0.0.1:{port}/metrics", port=port)
                 net = await nursery.start(run_libp2p_network, cfg)
-                await nursery.start(
+
+                async def provide(first: int, last: int):
+                    ds = await store.adecisions(first, last)
+                    return [(d.height, d.block.encode(), d.certificate.encode()) for d in ds]
+
+                await nursery.start(serve_sync, net, swarm.swarm_id, provide)
+                node = await nursery.start(
                     lambda task_status: serve_peer(
-                        opts.swarm, opts.identity, net, gate, store, first_seq=time.time_ns(),
+                        swarm, opts.identity, net, gate, store, first_seq=time.time_ns(),
+                        deliberator=deliberator, fetch=_fetcher(swarm, net), metrics=metrics,
                         listen_addrs=net.listen_addrs, task_status=task_status,
                     )
                 )
+
+                def status() -> dict:
+                    return {**node.status(), "peers": len(net.connected_peers()), "version": __version__}
+
+                await nursery.start(serve_status, net, swarm.swarm_id, status)
                 async for signum in signals:
                     emit(log, "peer_stopping", f"received {signal.Signals(signum).name}, shutting down",
                          signal=signal.Signals(signum).name)
@@ -88,6 +156,8 @@ async def run_peer_process(opts: PeerOptions) -> None:
                     break
     finally:
         store.close()
+        if temp is not None:
+            temp.cleanup()
 
 
 async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: tuple[DialTarget, ...],
