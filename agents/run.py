@@ -83,11 +83,13 @@ async def _deliberator(opts: PeerOptions):
     from agents.llm import ModelRuntime  # noqa: PLC0415 (imports llama.cpp)
 
     path = Path(opts.model) if opts.model else None
+    persona = opts.persona or DEFAULT_PERSONA
     runtime = await trio.to_thread.run_sync(lambda: ModelRuntime(path, n_threads=opts.threads))
-    emit(log, "model_loaded", f"model {runtime.path.name} loaded in {runtime.load_ms:.0f} ms "
-         f"(sha256 {runtime.sha256[:12]}…)", model=runtime.path.name, sha256=runtime.sha256,
-         load_ms=round(runtime.load_ms, 1))
-    return LlmDeliberator(runtime, opts.identity, opts.persona or DEFAULT_PERSONA, opts.swarm.swarm_id)
+    warm_ms = await trio.to_thread.run_sync(runtime.warm_up, persona)
+    emit(log, "model_loaded", f"model {runtime.path.name} loaded in {runtime.load_ms:.0f} ms, persona evaluated "
+         f"in {warm_ms:.0f} ms (sha256 {runtime.sha256[:12]}…)", model=runtime.path.name, sha256=runtime.sha256,
+         load_ms=round(runtime.load_ms, 1), warm_up_ms=round(warm_ms, 1))
+    return LlmDeliberator(runtime, opts.identity, persona, opts.swarm.swarm_id)
 
 
 def _fetcher(swarm: SwarmConfig, net):
@@ -117,7 +119,7 @@ async def run_peer_process(opts: PeerOptions) -> None:
         if is_validator:
             emit(log, "no_data_dir", "no --data: decisions and signed votes are not kept across restarts",
                  logging.WARNING)
-    store = PeerStore.open(data_dir, max_pending=swarm.params.max_pending_motions)
+    store = PeerStore.open(data_dir, genesis_hash=swarm.swarm_id, max_pending=swarm.params.max_pending_motions)
     gate = PeerGate(swarm)
     metrics = PeerMetrics()
     p = swarm.params
@@ -163,12 +165,20 @@ async def run_peer_process(opts: PeerOptions) -> None:
 async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: tuple[DialTarget, ...],
                   timeout: float) -> dict:
     """Connect, publish one signed motion, wait until it is handed to the peers, exit."""
+    result = await propose_many(swarm, identity, [motion], dial, timeout)
+    return {"motion_id": result["motion_ids"][0], "peers": result["peers"], "options": list(motion.options)}
+
+
+async def propose_many(swarm: SwarmConfig, identity: Identity, motions: list[Motion],
+                       dial: tuple[DialTarget, ...], timeout: float, interval: float = 0.0) -> dict:
+    """Publish several motions over one connection (one libp2p start-up, not one each),
+    ``interval`` seconds apart (the swarm rate-limits each client)."""
     cfg = NetworkConfig(identity, swarm.topic, ("/ip4/127.0.0.1/tcp/0",), dial, subscribe=False)
     wanted = {t.peer_id for t in dial} - {identity.peer_id}
     async with trio.open_nursery() as nursery:
         net = await nursery.start(run_libp2p_network, cfg)
         # One subscribed peer is enough (gossip relays the rest), but give the others a
-        # short grace so that the motion leaves on as many links as possible.
+        # short grace so that the motions leave on as many links as possible.
         with trio.move_on_after(timeout):
             await _wait_until(lambda: bool(net.topic_peers()))
         if not net.topic_peers():
@@ -176,13 +186,19 @@ async def propose(swarm: SwarmConfig, identity: Identity, motion: Motion, dial: 
             raise ConfigError(f"no swarm peer reachable within {timeout}s (dialled {len(wanted)})")
         with trio.move_on_after(PROPOSE_GRACE):
             await _wait_until(lambda: wanted <= net.topic_peers())
-        env = await Outbox(swarm, identity, net, time.time_ns()).send(MessageType.MOTION, motion.encode())
+        outbox = Outbox(swarm, identity, net, time.time_ns())
+        ids = []
+        for i, motion in enumerate(motions):
+            if i and interval:
+                await trio.sleep(interval)
+            env = await outbox.send(MessageType.MOTION, motion.encode())
+            ids.append(env.message_id.hex())
         with trio.move_on_after(timeout):
             await net.drain()
             await net.settle()
         reached = sorted(net.topic_peers())
         nursery.cancel_scope.cancel()
-    return {"motion_id": env.message_id.hex(), "peers": len(reached), "options": list(motion.options)}
+    return {"motion_ids": ids, "peers": len(reached)}
 
 
 async def _wait_until(predicate, poll: float = 0.02) -> None:

@@ -206,12 +206,30 @@ class PeerStore:
             _abandon(db, lock_fd)
             raise
 
+    @classmethod
+    def open_readonly(cls, data_dir: Path, *, genesis_hash: bytes = GENESIS_PREV) -> PeerStore:
+        """Open an existing store to read it (``conclave log``) while its peer may be
+        running: no lock is taken and nothing can be written."""
+        path = Path(data_dir) / FILE_NAME
+        if not path.is_file():
+            raise ConfigError(f"{path}: no peer store here (is {data_dir} a peer's --data directory?)")
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            version = _read_version(db)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{path}: cannot read the peer store ({exc})") from None
+        if not _is_uint(version) or version > SCHEMA_VERSION:
+            db.close()
+            raise ConfigError(f"{path}: store schema version {version!r} is not one this program reads")
+        return cls(path, db, -1, genesis_hash, DEFAULT_MAX_PENDING)
+
     def close(self) -> None:
         with self._mutex:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-                os.close(self._lock_fd)
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)
 
     def __enter__(self) -> PeerStore:
         return self
