@@ -593,7 +593,8 @@ async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TAS
     inbox_send, inbox = trio.open_memory_channel(1024)
     ballot_send, ballot_recv = trio.open_memory_channel(node.swarm.params.max_pending_motions)
     catchup_send, catchup_recv = trio.open_memory_channel(1)
-    node._inbox, node._ballot_queue, node._catchup_queue = inbox_send, ballot_send, catchup_send
+    node._inbox, node._ballot_queue = inbox_send, ballot_send
+    node._catchup_queue = catchup_send if node.fetch is not None else None  # no fetcher: no catch-up
 
     async def pump_network() -> None:
         async for event in net.events:

@@ -3,6 +3,7 @@ round and type but different values. Anyone holding the validator set can check 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
@@ -48,6 +49,24 @@ class DuplicateVoteEvidence:
             return cls(SignedVote.decode(first), SignedVote.decode(second))
         except (TypeError, ValueError, LocalProtocolError) as exc:
             raise RemoteProtocolError("bad_evidence", str(exc)) from None
+
+
+def find_equivocations(votes: Iterable[SignedVote], valset: ValidatorSet, swarm_id: bytes) -> list[DuplicateVoteEvidence]:
+    """Every pair of validly signed votes in ``votes`` (any traffic: a whole run's) by
+    one validator for one (height, round, type) with different values, as evidence;
+    votes whose signature does not verify prove nothing and are skipped."""
+    seen: dict[tuple[int, int, int, int], SignedVote] = {}
+    found: dict[bytes, DuplicateVoteEvidence] = {}
+    for sv in votes:
+        if not sv.verify(valset, swarm_id):
+            continue
+        v = sv.vote
+        key = (v.validator, v.height, v.round, int(v.type))
+        first = seen.setdefault(key, sv)
+        if first.vote.value != v.value:
+            ev = DuplicateVoteEvidence.of(first, sv)
+            found.setdefault(ev.encode(), ev)
+    return list(found.values())
 
 
 def _key(value: bytes | None) -> bytes:

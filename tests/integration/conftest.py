@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.procs import PeerProcess, free_tcp_ports
+from agents.run import FIXED_MODEL
 from agents.swarm_init import SWARM_FILE, init_swarm
 from p2p.swarmfile import SwarmConfig
 
@@ -24,14 +25,19 @@ class Swarm:
     def key(self, name: str) -> Path:
         return self.dir / f"{name}.key"
 
-    def start(self, name: str, *extra: str, key: Path | None = None) -> PeerProcess:
-        args = ["--swarm", str(self.file), "--key", str(key or self.key(name)), "--data", str(self.dir / name), *extra]
+    def start(self, name: str, *extra: str, key: Path | None = None, model: str | None = FIXED_MODEL) -> PeerProcess:
+        """``model``: the zero-cost fixed ballots by default (tests of the network path);
+        None for the real default model (tests of the agreement itself)."""
+        args = ["--swarm", str(self.file), "--key", str(key or self.key(name)), "--data", str(self.dir / name),
+                "--threads", "1", *extra]
+        if model is not None:
+            args += ["--model", model]
         proc = PeerProcess(name, args)
         self.procs.append(proc)
         return proc
 
-    def start_all(self, *extra: str) -> dict[str, PeerProcess]:
-        peers = {v.name: self.start(v.name, *extra) for v in self.cfg.validators}
+    def start_all(self, *extra: str, model: str | None = FIXED_MODEL) -> dict[str, PeerProcess]:
+        peers = {v.name: self.start(v.name, *extra, model=model) for v in self.cfg.validators}
         for p in peers.values():
             wait_joined(p, {v.name for v in self.cfg.validators} - {p.name})
         return peers

@@ -3,7 +3,11 @@ partitions, durable dedupe and the log events an operator sees.
 
 Six peers run in one process: four validators, one observer (a key outside the
 validator set, running ``serve_peer``) and one client (a bare endpoint that publishes,
-like ``conclave propose``). Every endpoint is started with its own ``PeerGate``.
+like ``conclave propose``). Every endpoint is started with its own ``PeerGate``; every
+served peer has its own ``PeerStore`` in ``tmp_path / name``. No deliberator is passed,
+so validators never ballot and nothing is decided: these tests cover the gossip path
+(gate, motion pool, pending-motion table, log events), not agreement
+(tests/unit/test_node_cluster.py does that).
 
 All peers log through the one "conclave.peer" logger, so each peer's tasks run with a
 context variable naming the peer (trio copies the spawning task's context into every
@@ -12,12 +16,15 @@ task it starts): the recording handler reads it to tell whose record it is.
 Waits are driven by the records themselves (the handler wakes waiting tasks) and are
 bounded by ``trio.fail_after``. Only to show that something did NOT happen do the
 tests let virtual time pass: ``MAX_DELAY`` bounds every delivery of the hub.
+
+Virtual time jumps only after 50 ms of real idleness (the ``clock`` fixture): the store
+runs its SQLite transactions in worker threads, which a zero-threshold autojump clock
+would not wait for (it would jump to the next deadline while a thread works).
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,8 +37,10 @@ import pytest
 import trio
 import trio.testing
 
-from agents.motion_store import FILE_NAME, MotionStore
-from agents.peer import Outbox, PeerGate, PeerStats, serve_peer
+from agents import __version__
+from agents.node import AgentNode
+from agents.peer import Outbox, PeerGate, serve_peer
+from agents.storage import PeerStore
 from p2p.envelope import ENVELOPE_VERSION, Envelope, MessageType, signing_bytes
 from p2p.errors import RejectReason
 from p2p.keys import Identity
@@ -40,7 +49,7 @@ from p2p.messages import Motion, Status
 from p2p.swarmfile import PROTOCOL_VERSION, Params, SwarmConfig, Validator, default_topic
 
 MAX_DELAY = 0.010  # the hub's delay upper bound, passed explicitly below
-TIMEOUT = 10  # virtual seconds (real seconds for the one real-clock test); below the 30 s status interval
+TIMEOUT = 10  # virtual seconds; below the 30 s status interval and the 120 s motion deadline
 
 VALIDATORS = {f"v{i}": Identity(bytes([0x20 + i]) * 32) for i in range(1, 5)}
 OBSERVER = Identity(bytes([0x31]) * 32)
@@ -59,9 +68,21 @@ OTHER_SWARM = make_swarm("elsewhere")
 
 
 def client_name(identity: Identity) -> str:
-    """How the logs name a peer outside the validator set."""
+    """How the logs name another peer outside the validator set."""
     pid = identity.peer_id
     return f"client {pid[:8]}…{pid[-6:]}"
+
+
+def observer_name(identity: Identity) -> str:
+    """How an observer names itself (``AgentNode.name``)."""
+    return f"observer-{identity.peer_id[-6:]}"
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 50 ms of real idleness: the store's SQLite
+    calls run in worker threads, which a zero-threshold autojump would not wait for."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
 
 
 # --- log capture ---------------------------------------------------------------------
@@ -130,13 +151,36 @@ def recorder() -> Iterator[Recorder]:
 # --- peers ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Stats:
+    """A peer's counters, read live: motions and duplicates from the node, rejections
+    (a Counter of RejectReason) from the gate."""
+
+    node: AgentNode
+    gate: PeerGate
+
+    @property
+    def motions(self) -> int:
+        return self.node.stats.motions
+
+    @property
+    def duplicates(self) -> int:
+        return self.node.stats.duplicates
+
+    @property
+    def rejected(self) -> Counter[RejectReason]:
+        return self.gate.validator.rejected
+
+
 @dataclass
 class Peer:
     name: str
     identity: Identity
     gate: PeerGate = field(default_factory=lambda: PeerGate(SWARM))
     endpoint: MemoryEndpoint | None = None
-    stats: PeerStats | None = None
+    store: PeerStore | None = None
+    node: AgentNode | None = None
+    stats: Stats | None = None
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -151,12 +195,21 @@ class Peer:
         finally:
             self._stopped.set()
 
-    async def serve(self, store: MotionStore, first_seq: int = 0) -> PeerStats:
+    async def serve(self, store: PeerStore, first_seq: int = 0) -> Stats:
+        """Run serve_peer on ``store``, which is closed once serve_peer has returned (when
+        the peer stops, or the swarm is cancelled)."""
+        self.store = store
         with as_peer(self.name):
-            self.stats = await self._nursery.start(
-                partial(serve_peer, SWARM, self.identity, self.endpoint, self.gate, store, first_seq=first_seq)
-            )
+            self.node = await self._nursery.start(self._serve, self.store, first_seq)
+        self.stats = Stats(self.node, self.gate)
         return self.stats
+
+    async def _serve(self, store: PeerStore, first_seq: int, *, task_status: trio.TaskStatus[AgentNode]) -> None:
+        try:
+            await serve_peer(SWARM, self.identity, self.endpoint, self.gate, store, first_seq=first_seq,
+                             task_status=task_status)
+        finally:
+            store.close()  # serve_peer waits for a store call in flight, so none is running
 
     async def stop(self) -> None:
         """Cancel the peer (its endpoint and serve_peer) and wait until it has detached."""
@@ -165,9 +218,10 @@ class Peer:
 
 
 class Swarm:
-    def __init__(self, nursery: trio.Nursery, net: MemoryNetwork, recorder: Recorder) -> None:
-        self.nursery, self.net, self.log = nursery, net, recorder
+    def __init__(self, nursery: trio.Nursery, net: MemoryNetwork, recorder: Recorder, data: Path) -> None:
+        self.nursery, self.net, self.log, self.data = nursery, net, recorder, data
         self.peers: dict[str, Peer] = {}
+        self.stores: list[PeerStore] = []  # every store opened, for running() to close
 
     async def attach(self, name: str, identity: Identity | None = None) -> Peer:
         peer = Peer(name, identity or IDENTITIES[name])
@@ -179,28 +233,38 @@ class Swarm:
     def __getitem__(self, name: str) -> Peer:
         return self.peers[name]
 
+    async def serve(self, name: str, first_seq: int = 0) -> Stats:
+        """Run serve_peer for the attached peer ``name`` on its store in ``data / name``."""
+        store = PeerStore.open(self.data / name)
+        self.stores.append(store)
+        return await self.peers[name].serve(store, first_seq)
+
     def outbox(self, name: str, first_seq: int = 0) -> Outbox:
         peer = self.peers[name]
         return Outbox(SWARM, peer.identity, peer.endpoint, first_seq=first_seq)
 
 
 @asynccontextmanager
-async def running(
-    recorder: Recorder, net: MemoryNetwork | None = None, stores: dict[str, MotionStore] | None = None
-) -> AsyncIterator[Swarm]:
-    """All six endpoints attached first, then serve_peer on the five served peers, so
-    every validator's start-up STATUS reaches every peer; returns once it has (each served
-    peer logged four status_received), so nothing is in flight when the test begins."""
+async def running(recorder: Recorder, data: Path, net: MemoryNetwork | None = None) -> AsyncIterator[Swarm]:
+    """All six endpoints attached first, then serve_peer on the five served peers (each
+    with a store in ``data / name``), so every validator's start-up STATUS reaches every
+    peer; returns once it has (each served peer logged four status_received), so nothing
+    is in flight when the test begins. Every store is closed when this exits."""
     net = net or MemoryNetwork(seed=11, delay=(0.001, MAX_DELAY))
-    async with trio.open_nursery() as nursery:
-        swarm = Swarm(nursery, net, recorder)
-        for name in IDENTITIES:
-            await swarm.attach(name)
-        for name in SERVED:
-            await swarm[name].serve((stores or {}).get(name) or MotionStore(None))
-        await recorder.wait_each(SERVED, "status_received", 4)
-        yield swarm
-        nursery.cancel_scope.cancel()
+    swarm: Swarm | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            swarm = Swarm(nursery, net, recorder, data)
+            for name in IDENTITIES:
+                await swarm.attach(name)
+            for name in SERVED:
+                await swarm.serve(name)
+            await recorder.wait_each(SERVED, "status_received", 4)
+            yield swarm
+            nursery.cancel_scope.cancel()
+    finally:
+        for store in swarm.stores if swarm else ():
+            store.close()  # idempotent: normally closed already, as its peer stopped
 
 
 async def pass_max_delay() -> None:
@@ -217,10 +281,10 @@ def motion_bytes(text: str = "Adopt the wire format?", options: tuple[str, ...] 
 
 @pytest.mark.parametrize("sender", ["client", "v2"])
 async def test_a_motion_reaches_every_validator_and_the_observer_exactly_once(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder, sender: str
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path, sender: str
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             outbox = swarm.outbox(sender, first_seq=100)  # above v2's STATUS seq
             env = await outbox.send(MessageType.MOTION, motion_bytes("Adopt  the\nwire format?", ("yes", "no", "later")))
             await recorder.wait_each(SERVED, "motion_received")
@@ -244,18 +308,18 @@ async def test_a_motion_reaches_every_validator_and_the_observer_exactly_once(
 
 
 async def test_gossip_duplicates_stop_at_the_gate_as_replays(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
     net = MemoryNetwork(seed=5, delay=(0.001, MAX_DELAY), duplicate=1.0)  # every copy arrives twice
     with trio.fail_after(TIMEOUT):
-        async with running(recorder, net) as swarm:
+        async with running(recorder, tmp_path, net) as swarm:
             await swarm.outbox("client").send(MessageType.MOTION, motion_bytes())
             await recorder.wait_each(SERVED, "motion_received")
             await pass_max_delay()
             for name in SERVED:
                 stats = swarm[name].stats
                 assert stats.motions == 1
-                assert stats.duplicates == 0  # the motion store never saw the second copy
+                assert stats.duplicates == 0  # the motion pool never saw the second copy
                 # second copies of the other validators' STATUS and of the motion (own echo is single)
                 replays = 4 if name.startswith("v") else 5
                 assert stats.rejected == Counter({RejectReason.REPLAY: replays}), name
@@ -263,7 +327,7 @@ async def test_gossip_duplicates_stop_at_the_gate_as_replays(
 
 
 async def test_invalid_messages_are_refused_by_every_gate_and_never_reach_the_service(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
     v1 = VALIDATORS["v1"]
     payload = motion_bytes()
@@ -284,7 +348,7 @@ async def test_invalid_messages_are_refused_by_every_gate_and_never_reach_the_se
     }
     assert len(bad[RejectReason.TOO_LARGE]) > SWARM.params.max_message_bytes
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             received = {name: swarm[name].endpoint.stats.received for name in SERVED}
             assert received == dict.fromkeys(SERVED, 4)  # the STATUS messages only
             for data in bad.values():
@@ -307,22 +371,32 @@ async def test_invalid_messages_are_refused_by_every_gate_and_never_reach_the_se
                     assert r.msg.startswith(f"rejected message via {CLIENT.peer_id}: {r.fields['reason']}: ")
             for name in SERVED:
                 peer = swarm[name]
-                assert peer.stats.rejected == expected  # PeerStats shares the gate's counter
+                assert peer.stats.rejected == expected
                 assert peer.endpoint.stats.received == received[name]  # nothing was delivered
                 assert peer.stats.motions == 0
                 assert recorder.of(name, "motion_received") == []
 
 
 async def test_an_observer_follows_but_only_validators_announce_status(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             (started,) = recorder.of("observer", "peer_started")
+            assert started.level == logging.INFO
             assert started.fields["role"] == "observer"
-            assert started.fields["name"] == client_name(OBSERVER)
+            assert started.fields["name"] == observer_name(OBSERVER)  # how the node names itself
+            assert not swarm["observer"].node.is_validator
             (started,) = recorder.of("v3", "peer_started")
-            assert (started.fields["role"], started.fields["name"]) == ("validator", "v3")
+            assert started.fields == {
+                "name": "v3", "role": "validator", "peer_id": VALIDATORS["v3"].peer_id, "swarm": SWARM.name,
+                "swarm_id": SWARM.swarm_id.hex(), "listen": [], "version": __version__, "height": 0, "pending": 0,
+            }
+            assert started.msg == (
+                f"peer v3 started as validator of swarm {SWARM.name}: id {VALIDATORS['v3'].peer_id}, "
+                "listening on nothing; at height 0, 0 motions pending"
+            )
+            assert swarm["v3"].node.is_validator
 
             await pass_max_delay()
             for name in VALIDATORS:
@@ -334,17 +408,21 @@ async def test_an_observer_follows_but_only_validators_announce_status(
                 assert all(r.level == logging.DEBUG for r in statuses)
 
             env = await swarm.outbox("client").send(MessageType.MOTION, motion_bytes())
-            await recorder.wait_each(["observer"], "motion_received")
+            await recorder.wait_each(SERVED, "motion_received")
             assert swarm["observer"].stats.motions == 1
             (rec,) = recorder.of("observer", "motion_received")
             assert rec.fields["motion_id"] == env.message_id.hex()
+            # the observer keeps the motion like a validator does, but never speaks
+            assert [pm.motion_id for pm in swarm["observer"].store.pending_motions()] == [env.message_id]
+            await pass_max_delay()
+            assert swarm["observer"].endpoint.stats.published == 0
 
 
 async def test_a_partitioned_observer_misses_a_motion_for_good_and_gets_the_next_after_heal(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             outbox = swarm.outbox("client")
             majority = [IDENTITIES[n].peer_id for n in ("v1", "v2", "v3", "v4", "client")]
             swarm.net.partition(majority, [OBSERVER.peer_id])
@@ -378,24 +456,34 @@ async def test_a_partitioned_observer_misses_a_motion_for_good_and_gets_the_next
 # --- restarts and durable dedupe -----------------------------------------------------
 
 
-async def test_a_restarted_peer_does_not_count_a_motion_it_stored_before(tmp_path: Path, recorder: Recorder) -> None:
-    # Real clock: the motion store fsyncs in a worker thread, and an autojump clock would
-    # jump to the fail_after deadline while a thread runs. Deliveries take 1-10 ms.
-    data = tmp_path / "v1"
+async def test_a_restarted_peer_does_not_log_a_motion_it_stored_before(
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
+) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running(recorder, stores={"v1": MotionStore(data)}) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             env = await swarm.outbox("client").send(MessageType.MOTION, motion_bytes())
             await recorder.wait_each(SERVED, "motion_received")
-            assert len((data / FILE_NAME).read_bytes().splitlines()) == 1
+            # durable before it was logged
+            (pm,) = swarm["v1"].store.pending_motions()
+            assert (pm.motion_id, pm.envelope) == (env.message_id, env.encode())
 
             await swarm["v1"].stop()
             assert len(recorder.of("v1", "peer_stopped")) == 1
             restarted = await swarm.attach("v1")  # a new gate: its replay window starts empty
-            stats = await restarted.serve(MotionStore(data), first_seq=1_000)  # seq above its old STATUS
+            stats = await swarm.serve("v1", first_seq=1_000)  # the same data directory; seq above its old STATUS
             await recorder.wait_each(["v1"], "status_received", 5)  # its own new STATUS, echoed
 
+            # the pool was reloaded from the pending-motion table
+            started = recorder.of("v1", "peer_started")
+            assert [(r.fields["height"], r.fields["pending"]) for r in started] == [(0, 0), (0, 1)]
+            assert started[-1].msg.endswith("; at height 0, 1 motion pending")
+            assert restarted.node.pool.get(env.message_id) is not None
+            assert len(restarted.node.pool) == 1
+
             await swarm["client"].endpoint.publish(env.encode())  # the very same bytes again
-            await recorder.wait_each(["v1"], "motion_duplicate")
+            await recorder.wait_for(
+                lambda: any(r.fields["reason"] == "duplicate" for r in recorder.of("v1", "motion_dropped"))
+            )
             others = ["v2", "v3", "v4", "observer", "client"]
             await recorder.wait_for(
                 lambda: all(any(r.fields["reason"] == "replay" for r in recorder.of(p, "message_rejected"))
@@ -403,33 +491,36 @@ async def test_a_restarted_peer_does_not_count_a_motion_it_stored_before(tmp_pat
             )
 
             # The fresh gate has no memory of the client's seq, so it admits the envelope;
-            # the motion store, reloaded from disk, knows the id: a duplicate, not a motion.
+            # the pool, reloaded from the store, knows the id: a duplicate, not a motion.
             assert restarted.gate.validator.rejected == Counter()
             assert stats.motions == 0
             assert stats.duplicates == 1
-            (dup,) = recorder.of("v1", "motion_duplicate")
+            (dup,) = recorder.of("v1", "motion_dropped")
             assert dup.level == logging.DEBUG
-            assert dup.fields == {"motion_id": env.message_id.hex()}
+            assert dup.fields == {"motion_id": env.message_id.hex(), "reason": "duplicate"}
+            assert dup.msg == f"motion {env.message_id.hex()[:12]} not taken: duplicate"
             assert len(recorder.of("v1", "motion_received")) == 1  # only from the first run
-            assert len((data / FILE_NAME).read_bytes().splitlines()) == 1
-            assert json.loads((data / FILE_NAME).read_bytes())["motion_id"] == env.message_id.hex()
+            (pm,) = restarted.store.pending_motions()  # stored once, still pending
+            assert (pm.motion_id, pm.envelope) == (env.message_id, env.encode())
             # Peers that never restarted stop the copy at their gate as a replay.
             for name in ["v2", "v3", "v4", "observer"]:
                 assert swarm[name].stats.motions == 1
                 assert swarm[name].stats.duplicates == 0
                 assert swarm[name].stats.rejected[RejectReason.REPLAY] == 1
+                assert recorder.of(name, "motion_dropped") == []
 
 
 # --- operator log events -------------------------------------------------------------
 
 
 async def test_peer_joined_and_left_name_validators_and_clients(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
+    # Others name a peer outside the validator set as a client, observer or not.
     names = {n: n for n in VALIDATORS} | {"observer": client_name(OBSERVER), "client": client_name(CLIENT)}
     assert client_name(CLIENT).startswith("client 12D3KooW…")
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             for me in SERVED:
                 joined = recorder.of(me, "peer_joined")
                 expected = {IDENTITIES[n].peer_id: names[n] for n in IDENTITIES if n != me}
@@ -438,7 +529,9 @@ async def test_peer_joined_and_left_name_validators_and_clients(
                 for r in joined:
                     assert r.level == logging.INFO
                     assert r.msg == f"peer joined: {r.fields['peer']} ({r.fields['peer_id']})"
-                    assert r.fields["connected"] == 5  # everyone had attached before serve_peer ran
+                # The node counts the peers it has seen join: everyone had attached before
+                # serve_peer ran, so the five queued joins count up to five.
+                assert [r.fields["connected"] for r in joined] == [1, 2, 3, 4, 5]
 
             await swarm["client"].stop()
             await recorder.wait_each(SERVED, "peer_left")
@@ -459,10 +552,10 @@ async def test_peer_joined_and_left_name_validators_and_clients(
 
 
 async def test_peer_stopped_reports_the_counters_on_cancellation(
-    autojump_clock: trio.testing.MockClock, recorder: Recorder
+    clock: trio.testing.MockClock, recorder: Recorder, tmp_path: Path
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running(recorder) as swarm:
+        async with running(recorder, tmp_path) as swarm:
             await swarm.outbox("client").send(MessageType.MOTION, motion_bytes())
             await swarm["client"].endpoint.publish(b"\xc1 garbage")
             await recorder.wait_each(SERVED, "motion_received")
@@ -473,20 +566,22 @@ async def test_peer_stopped_reports_the_counters_on_cancellation(
             (rec,) = recorder.of("observer", "peer_stopped")
             assert rec.level == logging.INFO
             assert rec.fields == {
-                "name": client_name(OBSERVER), "motions": 1, "accepted": 5, "rejected": {"undecodable": 1},
-                "duplicates": 0, "inbound_dropped": 0, "published": 0,
+                "name": observer_name(OBSERVER), "height": 0, "motions": 1, "agreements": 0, "decisions": 0,
+                "accepted": 5, "rejected": {"undecodable": 1}, "duplicates": 0, "inbound_dropped": 0,
+                "published": 0,
             }
             assert rec.msg == (
-                f"peer {client_name(OBSERVER)} stopped: motions 1, messages accepted 5, "
-                "rejected 1 {'undecodable': 1}, duplicates 0, dropped on overflow 0"
+                f"peer {observer_name(OBSERVER)} stopped at height 0: motions 1, agreements 0, "
+                "messages accepted 5, rejected 1 {'undecodable': 1}, duplicates 0, dropped on overflow 0"
             )
             await recorder.wait_each(["v1", "v2", "v3", "v4"], "peer_left")
 
             await swarm["v3"].stop()
             (rec,) = recorder.of("v3", "peer_stopped")
             assert rec.fields["name"] == "v3"
-            assert rec.fields["published"] == 1  # its STATUS
+            assert rec.fields["published"] == 1  # its STATUS: no deliberator, so no ballot
             assert rec.fields["motions"] == 1
+            assert (rec.fields["height"], rec.fields["agreements"], rec.fields["decisions"]) == (0, 0, 0)
         # the others stop when the swarm is cancelled, each reporting once
         for name in ("v1", "v2", "v4"):
             assert len(recorder.of(name, "peer_stopped")) == 1

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
-from consensus.evidence import DuplicateVoteEvidence
+from consensus.evidence import DuplicateVoteEvidence, find_equivocations
 from consensus.qc import QuorumCertificate
 from consensus.types import SignedVote, Validator, ValidatorSet, Vote, VoteType
 
@@ -257,3 +257,18 @@ def test_evidence_decode_never_raises_anything_else(data: bytes) -> None:
         DuplicateVoteEvidence.decode(data)
     except RemoteProtocolError:
         pass
+
+
+# --- finding equivocations in traffic ------------------------------------------------------
+
+
+def test_find_equivocations_reports_each_conflicting_pair_once() -> None:
+    traffic = [sv(0), sv(1), sv(0), sv(0, W), sv(0, W), sv(1, W, type=PREVOTE), sv(2, None), sv(2, V, round=3)]
+    (ev,) = find_equivocations(traffic, EQUAL4, SWARM)
+    assert ev.validator == 0 and {ev.first.vote.value, ev.second.vote.value} == {V, W}
+    assert ev.verify(EQUAL4, SWARM)
+
+
+def test_find_equivocations_ignores_forged_and_honest_traffic() -> None:
+    forged = sv(3, W, key=2)  # claims validator 3, signed by 2's key
+    assert find_equivocations([sv(3), forged, sv(3, type=PREVOTE)], EQUAL4, SWARM) == []

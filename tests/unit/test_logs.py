@@ -1,7 +1,5 @@
-"""The durable motion record (agents/motion_store.py) and the logging setup (agents/logs.py).
-
-The store's writes go through a worker thread, so these trio tests run on the real clock
-(an autojump clock would jump to the ``fail_after`` deadline while a thread is fsyncing)."""
+"""The logging setup (agents/logs.py): JSON and text formatters, ``emit``, and
+``configure_logging`` (flags, levels, libp2p chatter held back)."""
 
 from __future__ import annotations
 
@@ -11,183 +9,13 @@ import logging
 import os
 import re
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from agents import logs
 from agents.logs import JsonFormatter, TextFormatter, configure_logging, emit
-from agents.motion_store import FILE_NAME, MotionStore, StoredMotion
-from p2p.errors import ConfigError
-
-TIMEOUT = 10  # real seconds; each test takes milliseconds
-
-
-def motion(n: int, text: str = "Adopt the wire format?") -> StoredMotion:
-    return StoredMotion(f"{n:064x}", "client 12D3KooW…abcdef", n, text, ("approve", "reject"))
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
-
-
-# --- MotionStore ---------------------------------------------------------------------
-
-
-async def test_add_is_true_for_a_new_id_then_false() -> None:
-    store = MotionStore(None)
-    with trio.fail_after(TIMEOUT):
-        assert await store.add(motion(1)) is True
-        assert await store.add(motion(1)) is False
-        # the id decides, not the rest of the record
-        assert await store.add(StoredMotion(motion(1).motion_id, "v2", 99, "other", ("a", "b"))) is False
-        assert await store.add(motion(2)) is True
-    assert store.ids == {motion(1).motion_id, motion(2).motion_id}
-    store.close()
-
-
-async def test_records_are_written_as_json_lines_and_survive_a_reopen(tmp_path: Path) -> None:
-    data = tmp_path / "data" / "v1"  # parents are created
-    store = MotionStore(data)
-    with trio.fail_after(TIMEOUT):
-        assert await store.add(motion(1, "Ünïcode ✓ and \"quotes\"\nand a newline"))
-        assert await store.add(motion(2))
-        assert not await store.add(motion(1))
-    store.close()
-    store.close()  # idempotent
-    assert lines(data / FILE_NAME) == [
-        {"motion_id": motion(1).motion_id, "sender": "client 12D3KooW…abcdef", "seq": 1,
-         "text": "Ünïcode ✓ and \"quotes\"\nand a newline", "options": ["approve", "reject"]},
-        {"motion_id": motion(2).motion_id, "sender": "client 12D3KooW…abcdef", "seq": 2,
-         "text": "Adopt the wire format?", "options": ["approve", "reject"]},
-    ]
-    assert "✓".encode() in (data / FILE_NAME).read_bytes()  # ensure_ascii=False: readable
-
-    reopened = MotionStore(data)
-    assert reopened.ids == {motion(1).motion_id, motion(2).motion_id}
-    with trio.fail_after(TIMEOUT):
-        assert await reopened.add(motion(1)) is False
-        assert await reopened.add(motion(3)) is True
-    reopened.close()
-    assert [r["seq"] for r in lines(data / FILE_NAME)] == [1, 2, 3]
-
-
-async def test_a_torn_last_line_is_cut_off_on_open(tmp_path: Path) -> None:
-    store = MotionStore(tmp_path)
-    with trio.fail_after(TIMEOUT):
-        await store.add(motion(1))
-    store.close()
-    path = tmp_path / FILE_NAME
-    good = path.read_bytes()
-    with open(path, "ab") as f:  # a crash in the middle of the next write
-        f.write(b'{"motion_id": "' + motion(2).motion_id.encode()[:20])
-
-    reopened = MotionStore(tmp_path)
-    assert reopened.ids == {motion(1).motion_id}
-    assert path.read_bytes() == good  # truncated at once, before anything is appended
-    with trio.fail_after(TIMEOUT):
-        assert await reopened.add(motion(2)) is True  # the torn motion was never recorded
-    reopened.close()
-    assert [r["seq"] for r in lines(path)] == [1, 2]
-    assert MotionStore(tmp_path).ids == {motion(1).motion_id, motion(2).motion_id}
-
-
-def test_a_file_holding_only_a_torn_line_becomes_empty(tmp_path: Path) -> None:
-    path = tmp_path / FILE_NAME
-    path.write_bytes(b'{"motion_id": "ab')
-    store = MotionStore(tmp_path)
-    store.close()
-    assert store.ids == set()
-    assert path.read_bytes() == b""
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        b"not json\n",
-        b"\n",
-        b"{}\n",  # no motion_id
-        b"[1, 2]\n",
-        b'"a string"\n',
-        b'{"motion_id": ["unhashable"]}\n',
-        b'{"motion_id": "\xff\xfe"}\n',  # not UTF-8
-    ],
-)
-def test_a_corrupt_complete_line_is_a_config_error_naming_the_file(tmp_path: Path, bad: bytes) -> None:
-    path = tmp_path / FILE_NAME
-    first = json.dumps({"motion_id": "aa", "sender": "v1", "seq": 1, "text": "t", "options": ["x", "y"]}).encode() + b"\n"
-    path.write_bytes(first + bad + first)
-    with pytest.raises(ConfigError) as info:
-        MotionStore(tmp_path)
-    assert str(path) in str(info.value)
-    assert f"corrupt record at byte {len(first)}" in str(info.value)
-    assert path.read_bytes() == first + bad + first  # left alone for the operator to inspect
-
-
-def test_a_data_dir_that_cannot_be_created_is_a_config_error_naming_the_flag(tmp_path: Path) -> None:
-    regular = tmp_path / "a-file"
-    regular.write_text("not a directory")
-    with pytest.raises(ConfigError) as info:
-        MotionStore(regular / "data")
-    message = str(info.value)
-    assert message.startswith(f"--data {regular / 'data'}: cannot create directory")
-    assert "Not a directory" in message
-
-
-async def test_add_fsyncs_the_record_before_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = MotionStore(tmp_path)
-    path = tmp_path / FILE_NAME
-    synced: list[tuple[int, bytes, bool]] = []
-    real_fsync = os.fsync
-    loop_thread = threading.get_ident()
-
-    def spy(fd: int) -> None:
-        # what is in the file when fsync is asked for, and whether we are off the event loop
-        synced.append((fd, path.read_bytes(), threading.get_ident() != loop_thread))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    with trio.fail_after(TIMEOUT):
-        assert await store.add(motion(1))
-        assert len(synced) == 1
-        assert not await store.add(motion(1))  # a duplicate writes nothing
-        assert await store.add(motion(2))
-    fd = store._file.fileno()
-    store.close()
-    assert [s[0] for s in synced] == [fd, fd]
-    assert [len(s[1].splitlines()) for s in synced] == [1, 2]  # flushed before fsync
-    assert all(off_loop for _, _, off_loop in synced)  # in a worker thread
-    assert synced[-1][1] == path.read_bytes()
-
-
-async def test_concurrent_adds_write_whole_lines(tmp_path: Path) -> None:
-    store = MotionStore(tmp_path)
-    results: list[bool] = []
-
-    async def add(n: int) -> None:
-        results.append(await store.add(motion(n % 10)))
-
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            for n in range(30):
-                nursery.start_soon(add, n)
-    store.close()
-    assert sorted(results) == [False] * 20 + [True] * 10
-    assert sorted(r["seq"] for r in lines(tmp_path / FILE_NAME)) == list(range(10))
-
-
-def test_a_store_without_a_directory_writes_nothing(tmp_path: Path) -> None:
-    store = MotionStore(None)
-    assert store._file is None
-    trio.run(store.add, motion(1))
-    assert store.ids == {motion(1).motion_id}
-    store.close()
-
-
-# --- logging -------------------------------------------------------------------------
 
 TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

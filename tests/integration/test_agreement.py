@@ -1,0 +1,214 @@
+"""Agreement by real `conclave peer` processes over libp2p on 127.0.0.1, each running
+the real default model: the flows issue 5 names, end to end.
+
+Every wait is for a logged event, bounded. Durable logs are read back with
+`conclave log --json`, as an operator would; the traffic of the crash test is recorded
+by a separate subscriber (tests/integration/sniffer.py) and checked for conflicting
+signatures with the evidence detector.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from agents.procs import PeerProcess, run_conclave
+from agents.run import dial_targets, propose_many
+from consensus.evidence import find_equivocations
+from consensus.types import SignedVote
+from agents.node import consensus_valset
+from p2p.keys import Identity, read_key_file, write_key_file
+from p2p.messages import Motion
+from tests.integration.conftest import Swarm, wait_joined
+
+pytestmark = pytest.mark.integration
+
+AGREE_TIMEOUT = 180.0  # inference by four models sharing two cores dominates
+CATCH_UP_TIMEOUT = 60.0
+SUBMIT_INTERVAL = 1.1  # clients are rate-limited to one motion a second by default
+
+TOPICS = [
+    ("Adopt the revised data-retention policy?", ("approve", "reject")),
+    ("Which region should host the next replica?", ("eu-west", "us-east")),
+    ("Release version 0.2 this week?", ("approve", "reject", "defer")),
+    ("Require two reviewers for consensus changes?", ("approve", "reject")),
+    ("Rotate signing keys every 90 days?", ("approve", "reject")),
+    ("Which log format should be the default?", ("text", "json")),
+    ("Publish benchmark results in the README?", ("approve", "reject")),
+    ("Fund a security audit before mainnet?", ("approve", "reject", "defer")),
+    ("Move the weekly sync to Wednesday?", ("approve", "reject")),
+    ("Allow observers to submit motions?", ("approve", "reject")),
+]
+
+
+def motions(n: int, tag: str = "") -> list[Motion]:
+    return [Motion(f"{text}{tag}", options) for text, options in (TOPICS * 3)[:n]]
+
+
+def submit(swarm: Swarm, batch: list[Motion]) -> list[str]:
+    path = swarm.dir / "client.key"
+    if not path.exists():
+        write_key_file(path, Identity.generate())
+    result = trio.run(propose_many, swarm.cfg, read_key_file(path), batch, dial_targets(swarm.cfg, []), 30.0,
+                      SUBMIT_INTERVAL)
+    return result["motion_ids"]
+
+
+def wait_agreed(peers, motion_ids: list[str], timeout: float = AGREE_TIMEOUT) -> None:
+    for p in peers:
+        try:
+            p.wait_for(lambda evs: set(motion_ids) <= {e.get("motion_id") for e in evs if e["event"] == "agreement"},
+                       timeout, f"agreement on {len(motion_ids)} motions")
+        except TimeoutError:
+            for e in p.events[-40:]:  # what it was doing instead: shown with the failure
+                print(f"[{p.name}] {e.get('ts')} {e['event']}: {e.get('msg')}")
+            raise
+
+
+def wait_height(p: PeerProcess, height: int, timeout: float = CATCH_UP_TIMEOUT) -> None:
+    """Until ``p`` has decided ``height`` (logged now, or stored before it started)."""
+    def reached(evs: list[dict]) -> bool:
+        return any((e["event"] == "block_committed" and e["height"] >= height)
+                   or (e["event"] == "peer_started" and e["height"] >= height) for e in evs)
+
+    p.wait_for(reached, timeout, f"decided height {height}")
+
+
+def agreement_counts(p: PeerProcess) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in p.named("agreement"):
+        counts[e["motion_id"]] = counts.get(e["motion_id"], 0) + 1
+    return counts
+
+
+def durable_log(data_dir: Path) -> list[dict]:
+    res = run_conclave("log", "--data", str(data_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def assert_same_chain(swarm: Swarm, names: list[str]) -> list[dict]:
+    logs = {n: durable_log(swarm.dir / n) for n in names}
+    first = logs[names[0]]
+    assert first, "no decisions stored"
+    assert [d["height"] for d in first] == list(range(1, len(first) + 1))
+    for n, docs in logs.items():
+        assert [d["block_hash"] for d in docs] == [d["block_hash"] for d in first], f"{n} has another chain"
+    return first
+
+
+def test_four_validators_agree_on_ten_motions(swarm: Swarm) -> None:
+    peers = swarm.start_all(model=None)
+    ids = submit(swarm, motions(10))
+    wait_agreed(peers.values(), ids)
+    for p in peers.values():
+        counts = agreement_counts(p)
+        assert all(counts[m] == 1 for m in ids), f"{p.name}: {counts}"
+        assert not p.named("evidence")
+    for p in peers.values():
+        p.stop()
+    chain = assert_same_chain(swarm, list(peers))
+    decided = [m["motion_id"] for d in chain for m in d["motions"]]
+    assert sorted(decided) == sorted(ids)  # each motion once, in one block
+    for d in chain:
+        for m in d["motions"]:
+            assert m["outcome"] in m["options"] or m["outcome"] == "no-supermajority"
+            assert sum(m["tally"].values()) >= 3  # closed by a quorum of the 4 equal validators
+        assert len(d["certificate_signers"]) >= 3
+
+
+def test_a_validator_killed_mid_height_catches_up_and_never_signs_a_conflicting_vote(swarm: Swarm) -> None:
+    traffic = swarm.dir / "votes.hex"
+    sniffer = subprocess.Popen([sys.executable, "-m", "tests.integration.sniffer", str(swarm.file), str(traffic)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert sniffer.stdout.readline().strip() == b"ready"
+        peers = swarm.start_all(model=None)
+        first = submit(swarm, motions(3))
+        # Kill v2 as soon as the first motion is decided: the others are mid-way through
+        # the next ones (ballots, or a height's votes).
+        peers["v1"].wait_event("agreement", AGREE_TIMEOUT, motion_id=first[0])
+        peers["v2"].stop(signal.SIGKILL)
+        survivors = [peers[n] for n in ("v1", "v3", "v4")]
+        while_down = submit(swarm, motions(1, " (while v2 is down)"))
+        wait_agreed(survivors, first + while_down)
+
+        tip = max(e["height"] for e in peers["v1"].named("block_committed"))
+        again = swarm.start("v2", model=None)  # same key, same data directory
+        wait_joined(again, {"v1", "v3", "v4"})
+        wait_height(again, tip)
+        again.wait_event("catchup_finished", CATCH_UP_TIMEOUT)  # it caught up over sync
+        after = submit(swarm, motions(2, " (after the restart)"))
+        wait_agreed(survivors + [again], after)
+        height_after = max(e["height"] for e in again.named("agreement"))
+    finally:
+        sniffer.send_signal(signal.SIGTERM)
+        sniffer.wait(10)
+    votes = [SignedVote.decode(bytes.fromhex(line)) for line in traffic.read_text().split()]
+    valset = consensus_valset(swarm.cfg)
+    assert find_equivocations(votes, valset, swarm.cfg.swarm_id) == []
+    v2 = [i for i, v in enumerate(swarm.cfg.validators) if v.name == "v2"][0]
+    assert any(sv.vote.validator == v2 and sv.vote.height >= height_after for sv in votes), \
+        "v2 never voted after its restart"
+    for p in survivors + [again]:
+        assert not p.named("evidence"), p.name
+    for p in survivors + [again]:
+        p.stop()
+    assert_same_chain(swarm, ["v1", "v2", "v3", "v4"])
+
+
+def test_a_late_validator_catches_up_from_genesis_and_an_observer_follows(swarm: Swarm) -> None:
+    early = {n: swarm.start(n, model=None) for n in ("v1", "v2", "v3")}
+    for p in early.values():
+        wait_joined(p, {"v1", "v2", "v3"} - {p.name})
+    for m in motions(5):  # one at a time: five decisions, five heights
+        (motion_id,) = submit(swarm, [m])
+        wait_agreed(early.values(), [motion_id])
+    assert max(e["height"] for e in early["v1"].named("block_committed")) == 5
+
+    late = swarm.start("v4", model=None)
+    observer_key = swarm.dir / "observer.key"
+    write_key_file(observer_key, Identity.generate())
+    observer = swarm.start("observer", key=observer_key)
+    for p in (late, observer):
+        wait_height(p, 5)
+        p.wait_event("catchup_finished", CATCH_UP_TIMEOUT)  # logged once the fetched batch is applied
+    assert observer.named("peer_started")[0]["role"] == "observer"
+    wait_joined(observer, {"v1", "v2", "v3", "v4"})
+    new = submit(swarm, motions(1, " (with everyone)"))
+    wait_agreed([*early.values(), late, observer], new)
+    all_ids = {e["motion_id"] for e in early["v1"].named("agreement")}
+    assert {e["motion_id"] for e in observer.named("agreement")} == all_ids  # every agreement, also the old ones
+    for p in [*early.values(), late, observer]:
+        p.stop()
+    assert_same_chain(swarm, ["v1", "v2", "v3", "v4", "observer"])
+
+
+def test_a_silent_proposer_is_replaced_by_a_round_change(swarm: Swarm) -> None:
+    peers = swarm.start_all(model=None)
+    first = submit(swarm, motions(1))
+    wait_agreed(peers.values(), first)
+    height = max(e["height"] for e in peers["v1"].named("block_committed")) + 1
+    silent = swarm.cfg.validators[consensus_valset(swarm.cfg).proposer(height, 0)].name
+    peers[silent].proc.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+    try:
+        others = [p for n, p in peers.items() if n != silent]
+        second = submit(swarm, motions(1, " (the proposer is silent)"))
+        wait_agreed(others, second)
+        changes = [e for p in others for e in p.named("round_changed") if e["height"] == height]
+        assert changes, "decided without a round change: the silent proposer was not needed?"
+    finally:
+        peers[silent].proc.send_signal(signal.SIGCONT)
+    wait_agreed([peers[silent]], second, CATCH_UP_TIMEOUT)
+    for p in peers.values():
+        p.stop()
+    chain = assert_same_chain(swarm, list(peers))
+    silent_key = [v.public_key.hex() for v in swarm.cfg.validators if v.name == silent][0]
+    assert chain[height - 1]["proposer"] != silent_key
+    assert chain[height - 1]["round"] >= 1
