@@ -244,7 +244,7 @@ class AgentNode:
             emit(log, "peer_joined", f"peer joined: {who} ({event.peer})", peer=who, peer_id=event.peer,
                  connected=len(self._peers))
             if self.swarm.validator_by_peer_id(event.peer) is not None:
-                self.request_catch_up(self.core.height)  # we may have been away
+                self.request_catch_up(self.core.height, probe=True)  # we may have been away
         elif isinstance(event, PeerDisconnected):
             self._peers.discard(event.peer)
             self.metrics.set_peers_connected(len(self._peers))
@@ -464,6 +464,8 @@ class AgentNode:
     def round_changed(self, change: ReportRoundChange) -> None:
         self.metrics.set_round(change.round)
         if change.round == 0:
+            if self._height_started_at is None:  # joined on a peer's message, not by Started
+                self._height_started_at, self._rounds_this_height = self._clock(), 1
             return  # a new height, not a round change
         self._rounds_this_height = change.round + 1
         proposer = self.swarm.validators[change.proposer].name
@@ -490,7 +492,10 @@ class AgentNode:
 
     # --- catch-up -----------------------------------------------------------------------
 
-    def request_catch_up(self, first: int) -> None:
+    def request_catch_up(self, first: int, probe: bool = False) -> None:
+        """Fetch decisions from ``first`` on. A ``probe`` (on connecting to a validator)
+        only asks whether we are behind, so it is logged at debug level; otherwise a
+        peer's message from a later height showed that we are."""
         if self._catchup_queue is None or self._catching_up is not None:
             return
         try:
@@ -498,7 +503,8 @@ class AgentNode:
         except trio.WouldBlock:
             return
         self._catching_up = first
-        emit(log, "catchup_started", f"catching up from height {first}", logging.DEBUG, first=first)
+        emit(log, "catchup_started", f"{'asking peers for decisions' if probe else 'behind: catching up'} "
+             f"from height {first}", logging.DEBUG if probe else logging.INFO, first=first, probe=probe)
 
     async def _on_fetched(self, ev: DecisionsFetched) -> None:
         self._catching_up = None

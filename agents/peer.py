@@ -41,14 +41,18 @@ PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitment.decode, Messa
 class PeerGate:
     """The network's gate (``p2p.net.Gate``): full validation before delivery or relay."""
 
-    def __init__(self, swarm: SwarmConfig, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, swarm: SwarmConfig, clock: Callable[[], float] = trio.current_time,
+                 metrics: PeerMetrics | None = None) -> None:
         self.validator = MessageValidator(swarm, PEER_DECODERS)
         self._clock = clock
+        self.metrics = metrics
 
     def admit(self, data: bytes, source: str) -> Accepted | None:
         try:
             return self.validator.validate(data, self._clock())
         except RemoteProtocolError as exc:
+            if self.metrics is not None:
+                self.metrics.rejection(exc.reason)
             emit(log, "message_rejected", f"rejected message via {source}: {exc}", logging.DEBUG,
                  reason=exc.reason.value, detail=exc.detail, source=source, bytes=len(data))
             return None

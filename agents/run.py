@@ -120,8 +120,8 @@ async def run_peer_process(opts: PeerOptions) -> None:
             emit(log, "no_data_dir", "no --data: decisions and signed votes are not kept across restarts",
                  logging.WARNING)
     store = PeerStore.open(data_dir, genesis_hash=swarm.swarm_id, max_pending=swarm.params.max_pending_motions)
-    gate = PeerGate(swarm)
     metrics = PeerMetrics()
+    gate = PeerGate(swarm, metrics=metrics)
     p = swarm.params
     cfg = NetworkConfig(opts.identity, swarm.topic, opts.listen, opts.dial,
                         p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate)

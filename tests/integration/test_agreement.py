@@ -13,17 +13,19 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from agents.procs import PeerProcess, run_conclave
+from agents.procs import PeerProcess, free_tcp_ports, run_conclave
 from agents.run import dial_targets, propose_many
 from consensus.evidence import find_equivocations
 from consensus.types import SignedVote
 from agents.node import consensus_valset
-from p2p.keys import Identity, read_key_file, write_key_file
+from p2p.keys import Identity, write_key_file
 from p2p.messages import Motion
 from tests.integration.conftest import Swarm, wait_joined
 
@@ -52,10 +54,10 @@ def motions(n: int, tag: str = "") -> list[Motion]:
 
 
 def submit(swarm: Swarm, batch: list[Motion]) -> list[str]:
-    path = swarm.dir / "client.key"
-    if not path.exists():
-        write_key_file(path, Identity.generate())
-    result = trio.run(propose_many, swarm.cfg, read_key_file(path), batch, dial_targets(swarm.cfg, []), 30.0,
+    # A fresh client key per call: run in this process, an earlier client's host may
+    # leave its connections open, and py-libp2p then serves no new connection from the
+    # same peer id (separate `conclave propose` processes do not have this problem).
+    result = trio.run(propose_many, swarm.cfg, Identity.generate(), batch, dial_targets(swarm.cfg, []), 30.0,
                       SUBMIT_INTERVAL)
     return result["motion_ids"]
 
@@ -103,14 +105,46 @@ def assert_same_chain(swarm: Swarm, names: list[str]) -> list[dict]:
     return first
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The peer's /metrics, as {"name{label=value}": value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def test_four_validators_agree_on_ten_motions(swarm: Swarm) -> None:
-    peers = swarm.start_all(model=None)
+    (port,) = free_tcp_ports(1)
+    peers = {v.name: swarm.start(v.name, *(["--metrics", str(port)] if v.name == "v1" else []), model=None)
+             for v in swarm.cfg.validators}
+    for p in peers.values():
+        wait_joined(p, set(peers) - {p.name})
     ids = submit(swarm, motions(10))
     wait_agreed(peers.values(), ids)
     for p in peers.values():
         counts = agreement_counts(p)
         assert all(counts[m] == 1 for m in ids), f"{p.name}: {counts}"
         assert not p.named("evidence")
+    tip = max(e["height"] for e in peers["v1"].named("block_committed"))
+
+    metrics = scrape(port)
+    assert metrics["conclave_height"] == tip
+    assert metrics["conclave_peers_connected"] >= 3
+    assert metrics["conclave_messages_in_total{type=vote}"] > 0
+    assert metrics["conclave_messages_out_total{type=ballot_commit}"] >= 1
+    assert metrics["conclave_commit_latency_seconds_count"] >= 1
+    assert metrics["conclave_ballot_latency_seconds_count"] >= 1
+    assert sum(v for k, v in metrics.items() if k.startswith("conclave_motions_resolved_total{")) == 10
+
+    res = run_conclave("status", "--swarm", str(swarm.file), "--json")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["name"] for r in rows] == list(peers) and all(r["reachable"] for r in rows)
+    assert all(r["status"]["height"] == tip and r["status"]["peers"] >= 3 for r in rows), rows
     for p in peers.values():
         p.stop()
     chain = assert_same_chain(swarm, list(peers))
