@@ -129,10 +129,14 @@ class MotionPool:
         if entry is None:
             return BallotVerdict.UNKNOWN_MOTION
         known = entry.commitments.get(c.voter)
-        if known is not None:
-            return BallotVerdict.DUPLICATE if known == c else BallotVerdict.CONFLICT
+        if known == c:
+            return BallotVerdict.DUPLICATE
+        # Verify before judging a difference: a forged second commitment must not be
+        # reported as the named voter's conflict.
         if c.swarm_id != self.swarm.swarm_id or not c.verify():
             return BallotVerdict.MISMATCH
+        if known is not None:
+            return BallotVerdict.CONFLICT
         entry.commitments[c.voter] = c
         orphan = entry.orphans.pop(c.voter, None)
         if orphan is not None:

@@ -69,6 +69,8 @@ log = logging.getLogger("conclave.peer")
 
 BLOCK_OVERHEAD = 2048  # room in a message for the proposal and envelope around a block
 TICK_S = 1.0
+CATCH_UP_RETRY_MIN_S = 1.0
+CATCH_UP_RETRY_MAX_S = 16.0
 
 
 # --- events the node's loop handles besides network events ---------------------------
@@ -99,6 +101,7 @@ class DecisionsFetched:
     peer: str | None
     decisions: list  # [(height, block bytes, certificate bytes)], unverified
     error: str | None = None
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,11 @@ class AgentNode:
         self._height_started_at: float | None = None
         self._rounds_this_height = 1
         self._catching_up: int | None = None  # first height of the fetch in flight
+        # Known to be behind (a peer's message from a later height): retry failed fetches
+        # with backoff until a peer says it has nothing more. Probes never retry.
+        self._behind = False
+        self._retry_at: float | None = None
+        self._retry_backoff = CATCH_UP_RETRY_MIN_S
         self._inbox: trio.MemorySendChannel | None = None
         self._ballot_queue: trio.MemorySendChannel | None = None
         self._catchup_queue: trio.MemorySendChannel | None = None
@@ -237,6 +245,7 @@ class AgentNode:
             await self._on_fetched(event)
         elif isinstance(event, Tick):
             self._rebroadcast_ballots()
+            self._retry_catch_up_when_due()
         elif isinstance(event, PeerConnected):
             self._peers.add(event.peer)
             self.metrics.set_peers_connected(len(self._peers))
@@ -496,22 +505,40 @@ class AgentNode:
         """Fetch decisions from ``first`` on. A ``probe`` (on connecting to a validator)
         only asks whether we are behind, so it is logged at debug level; otherwise a
         peer's message from a later height showed that we are."""
-        if self._catchup_queue is None or self._catching_up is not None:
+        if self._catchup_queue is None:
+            return
+        if not probe:
+            self._behind = True  # a fetch in flight now is retried when it fails
+        if self._catching_up is not None:
             return
         try:
-            self._catchup_queue.send_nowait(first)
+            self._catchup_queue.send_nowait((first, probe))
         except trio.WouldBlock:
             return
-        self._catching_up = first
+        self._catching_up, self._retry_at = first, None
         emit(log, "catchup_started", f"{'asking peers for decisions' if probe else 'behind: catching up'} "
              f"from height {first}", logging.DEBUG if probe else logging.INFO, first=first, probe=probe)
 
+    def _schedule_retry(self) -> None:
+        self._retry_at = self._clock() + self._retry_backoff
+        self._retry_backoff = min(2 * self._retry_backoff, CATCH_UP_RETRY_MAX_S)
+
+    def _retry_catch_up_when_due(self) -> None:
+        if self._retry_at is not None and self._clock() >= self._retry_at and self._catching_up is None:
+            self.request_catch_up(self.core.height)
+
     async def _on_fetched(self, ev: DecisionsFetched) -> None:
         self._catching_up = None
-        if ev.error is not None:
-            emit(log, "catchup_failed", f"catch-up from height {ev.first} failed: {ev.error}", logging.DEBUG,
+        if ev.error is not None or not ev.decisions:
+            if self._behind and (ev.error is not None or ev.probe):
+                self._schedule_retry()  # (a probe's answer predates what showed we are behind)
+            else:
+                self._behind = False  # a peer answered that it has nothing beyond our tip
+            emit(log, "catchup_failed" if ev.error else "catchup_empty",
+                 f"catch-up from height {ev.first}: {ev.error or 'nothing newer'}", logging.DEBUG,
                  first=ev.first, error=ev.error)
             return
+        self._retry_backoff = CATCH_UP_RETRY_MIN_S
         applied, start = 0, self.core.height
         for height, block_bytes, cert_bytes in ev.decisions:
             if height != self.core.height:
@@ -535,6 +562,10 @@ class AgentNode:
                  last=start + applied - 1, applied=applied, peer=ev.peer)
             if len(ev.decisions) >= MAX_BATCH:
                 self.request_catch_up(self.core.height)
+            else:
+                self._behind = False
+        elif self._behind:
+            self._schedule_retry()  # nothing usable (bad certificate?): ask again, another peer first
 
     def status(self) -> dict:
         core = self.core
@@ -585,13 +616,13 @@ async def run_catchup_worker(fetch: Fetch, queue: trio.MemoryReceiveChannel, inb
     from p2p.sync import SyncError  # noqa: PLC0415
 
     task_status.started()
-    async for first in queue:
+    async for first, probe in queue:
         try:
             with trio.fail_after(timeout):
                 peer, decisions = await fetch(first, first + MAX_BATCH - 1)
-            await inbox.send(DecisionsFetched(first, peer, decisions))
+            await inbox.send(DecisionsFetched(first, peer, decisions, probe=probe))
         except (SyncError, trio.TooSlowError) as exc:
-            await inbox.send(DecisionsFetched(first, None, [], error=str(exc) or type(exc).__name__))
+            await inbox.send(DecisionsFetched(first, None, [], error=str(exc) or type(exc).__name__, probe=probe))
 
 
 async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import signal
@@ -96,8 +97,13 @@ def _fetcher(swarm: SwarmConfig, net):
     """Catch-up over /conclave/sync/1.0.0 from the connected validators, in turn."""
     from p2p.sync import fetch_from_any  # noqa: PLC0415
 
+    attempts = itertools.count()
+
     async def fetch(first: int, last: int):
         peers = sorted(p for p in net.connected_peers() if swarm.validator_by_peer_id(p) is not None)
+        if peers:  # start with another peer each time: one that serves bad data is not asked first forever
+            k = next(attempts) % len(peers)
+            peers = peers[k:] + peers[:k]
         return await fetch_from_any(net, peers, swarm.swarm_id, first, last, timeout=5.0)
 
     return fetch
