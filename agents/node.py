@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from agents.ballot import Ballot
+from agents.catchup import CatchUp, DecisionsFetched, Fetch, run_catchup_worker
 from agents.commitment import Commitment, Reveal, commit
 from agents.driver import ConsensusDriver
 from agents.logs import emit
@@ -62,15 +63,12 @@ from p2p.keys import Identity
 from p2p.messages import Motion
 from p2p.net import MessageArrived, PeerConnected, PeerDisconnected, SwarmNetwork
 from p2p.swarmfile import SwarmConfig
-from p2p.sync import MAX_BATCH
 from p2p.validation import Accepted
 
 log = logging.getLogger("conclave.peer")
 
 BLOCK_OVERHEAD = 2048  # room in a message for the proposal and envelope around a block
 TICK_S = 1.0
-CATCH_UP_RETRY_MIN_S = 1.0
-CATCH_UP_RETRY_MAX_S = 16.0
 
 
 # --- events the node's loop handles besides network events ---------------------------
@@ -96,23 +94,11 @@ class BallotFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class DecisionsFetched:
-    first: int
-    peer: str | None
-    decisions: list  # [(height, block bytes, certificate bytes)], unverified
-    error: str | None = None
-    probe: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class Tick:
     pass
 
 
 NodeEvent = TimerFired | BallotReady | BallotFailed | DecisionsFetched | Tick
-
-# Fetches decided blocks: (first, last) -> (peer that answered, raw decisions).
-Fetch = Callable[[int, int], Awaitable[tuple[str | None, list]]]
 
 
 class Deliberator:
@@ -171,15 +157,9 @@ class AgentNode:
         self._want: tuple[int, int] | None = None  # (height, round) we must propose at
         self._height_started_at: float | None = None
         self._rounds_this_height = 1
-        self._catching_up: int | None = None  # first height of the fetch in flight
-        # Known to be behind (a peer's message from a later height): retry failed fetches
-        # with backoff until a peer says it has nothing more. Probes never retry.
-        self._behind = False
-        self._retry_at: float | None = None
-        self._retry_backoff = CATCH_UP_RETRY_MIN_S
+        self.catch_up = CatchUp(None, clock)  # given its queue by serve_node
         self._inbox: trio.MemorySendChannel | None = None
         self._ballot_queue: trio.MemorySendChannel | None = None
-        self._catchup_queue: trio.MemorySendChannel | None = None
         self._resend: list[OwnBallot] = []
         self._peers: set[str] = set()
 
@@ -245,7 +225,8 @@ class AgentNode:
             await self._on_fetched(event)
         elif isinstance(event, Tick):
             self._rebroadcast_ballots()
-            self._retry_catch_up_when_due()
+            if self.catch_up.retry_due():
+                self.catch_up.request(self.core.height)
         elif isinstance(event, PeerConnected):
             self._peers.add(event.peer)
             self.metrics.set_peers_connected(len(self._peers))
@@ -253,7 +234,7 @@ class AgentNode:
             emit(log, "peer_joined", f"peer joined: {who} ({event.peer})", peer=who, peer_id=event.peer,
                  connected=len(self._peers))
             if self.swarm.validator_by_peer_id(event.peer) is not None:
-                self.request_catch_up(self.core.height, probe=True)  # we may have been away
+                self.catch_up.request(self.core.height, probe=True)  # we may have been away
         elif isinstance(event, PeerDisconnected):
             self._peers.discard(event.peer)
             self.metrics.set_peers_connected(len(self._peers))
@@ -490,8 +471,8 @@ class AgentNode:
              f"round {first.round}", logging.WARNING, validator=who, height=first.height, round=first.round,
              vote_type=first.type.name.lower(), evidence=ev.encode().hex())
 
-    def catch_up(self, request: RequestDecision) -> None:
-        self.request_catch_up(request.height)
+    def fetch_decision(self, request: RequestDecision) -> None:
+        self.catch_up.request(request.height)
 
     def rejected(self, error: ConsensusRemoteError, input: Input) -> None:
         self.stats.rejected_consensus += 1
@@ -501,44 +482,9 @@ class AgentNode:
 
     # --- catch-up -----------------------------------------------------------------------
 
-    def request_catch_up(self, first: int, probe: bool = False) -> None:
-        """Fetch decisions from ``first`` on. A ``probe`` (on connecting to a validator)
-        only asks whether we are behind, so it is logged at debug level; otherwise a
-        peer's message from a later height showed that we are."""
-        if self._catchup_queue is None:
-            return
-        if not probe:
-            self._behind = True  # a fetch in flight now is retried when it fails
-        if self._catching_up is not None:
-            return
-        try:
-            self._catchup_queue.send_nowait((first, probe))
-        except trio.WouldBlock:
-            return
-        self._catching_up, self._retry_at = first, None
-        emit(log, "catchup_started", f"{'asking peers for decisions' if probe else 'behind: catching up'} "
-             f"from height {first}", logging.DEBUG if probe else logging.INFO, first=first, probe=probe)
-
-    def _schedule_retry(self) -> None:
-        self._retry_at = self._clock() + self._retry_backoff
-        self._retry_backoff = min(2 * self._retry_backoff, CATCH_UP_RETRY_MAX_S)
-
-    def _retry_catch_up_when_due(self) -> None:
-        if self._retry_at is not None and self._clock() >= self._retry_at and self._catching_up is None:
-            self.request_catch_up(self.core.height)
-
     async def _on_fetched(self, ev: DecisionsFetched) -> None:
-        self._catching_up = None
-        if ev.error is not None or not ev.decisions:
-            if self._behind and (ev.error is not None or ev.probe):
-                self._schedule_retry()  # (a probe's answer predates what showed we are behind)
-            else:
-                self._behind = False  # a peer answered that it has nothing beyond our tip
-            emit(log, "catchup_failed" if ev.error else "catchup_empty",
-                 f"catch-up from height {ev.first}: {ev.error or 'nothing newer'}", logging.DEBUG,
-                 first=ev.first, error=ev.error)
+        if not self.catch_up.fetched(ev):
             return
-        self._retry_backoff = CATCH_UP_RETRY_MIN_S
         applied, start = 0, self.core.height
         for height, block_bytes, cert_bytes in ev.decisions:
             if height != self.core.height:
@@ -560,12 +506,7 @@ class AgentNode:
             emit(log, "catchup_finished", f"caught up {applied} decision{'s' if applied != 1 else ''} "
                  f"(heights {start}..{start + applied - 1}) from {ev.peer}", first=start,
                  last=start + applied - 1, applied=applied, peer=ev.peer)
-            if len(ev.decisions) >= MAX_BATCH:
-                self.request_catch_up(self.core.height)
-            else:
-                self._behind = False
-        elif self._behind:
-            self._schedule_retry()  # nothing usable (bad certificate?): ask again, another peer first
+        self.catch_up.applied(applied, len(ev.decisions), self.core.height)
 
     def status(self) -> dict:
         core = self.core
@@ -611,27 +552,13 @@ async def run_ballot_worker(node: AgentNode, queue: trio.MemoryReceiveChannel, i
         await inbox.send(BallotReady(motion_id, commit(stored.ballot, stored.salt, node.identity), stored, seconds))
 
 
-async def run_catchup_worker(fetch: Fetch, queue: trio.MemoryReceiveChannel, inbox: trio.MemorySendChannel,
-                             timeout: float = 15.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    from p2p.sync import SyncError  # noqa: PLC0415
-
-    task_status.started()
-    async for first, probe in queue:
-        try:
-            with trio.fail_after(timeout):
-                peer, decisions = await fetch(first, first + MAX_BATCH - 1)
-            await inbox.send(DecisionsFetched(first, peer, decisions, probe=probe))
-        except (SyncError, trio.TooSlowError) as exc:
-            await inbox.send(DecisionsFetched(first, None, [], error=str(exc) or type(exc).__name__, probe=probe))
-
-
 async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run ``node`` (already loaded) on ``net`` until cancelled or the network stops."""
     inbox_send, inbox = trio.open_memory_channel(1024)
     ballot_send, ballot_recv = trio.open_memory_channel(node.swarm.params.max_pending_motions)
     catchup_send, catchup_recv = trio.open_memory_channel(1)
     node._inbox, node._ballot_queue = inbox_send, ballot_send
-    node._catchup_queue = catchup_send if node.fetch is not None else None  # no fetcher: no catch-up
+    node.catch_up = CatchUp(catchup_send if node.fetch is not None else None, node._clock)  # no fetcher: none
 
     async def pump_network() -> None:
         async for event in net.events:

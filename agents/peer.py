@@ -21,7 +21,8 @@ from agents.logs import emit
 from agents.naming import describe_sender, short  # noqa: F401 (re-exported)
 from agents.commitment import Commitment, Reveal
 from agents.metrics import PeerMetrics
-from agents.node import AgentNode, Deliberator, Fetch, serve_node
+from agents.catchup import Fetch
+from agents.node import AgentNode, Deliberator, serve_node
 from agents.storage import PeerStore
 from p2p.envelope import Envelope, MessageType
 from p2p.errors import LocalProtocolError, RemoteProtocolError

@@ -108,8 +108,8 @@ class FakeApp:
     def evidence(self, report) -> None:
         self.calls.append(("evidence", report))
 
-    def catch_up(self, request) -> None:
-        self.calls.append(("catch_up", request))
+    def fetch_decision(self, request) -> None:
+        self.calls.append(("fetch_decision", request))
 
     def rejected(self, error, input) -> None:
         self.calls.append(("rejected", error, input))
@@ -212,7 +212,7 @@ async def test_a_message_from_a_later_height_asks_the_app_to_catch_up() -> None:
     driver, app = make(me=0)
     later = block(height=3, proposer=0, prev=hashlib.sha256(b"h2").digest())
     await driver.handle(VoteReceived(signed_vote(PREVOTE, later.hash, 2, height=3)))
-    assert [r.height for r in app.of("catch_up")] == [1]
+    assert [r.height for r in app.of("fetch_decision")] == [1]
     assert not driver.core.started
 
 

@@ -426,7 +426,7 @@ async def test_an_observer_whose_catch_up_failed_asks_again(clock, tmp_path) -> 
             # Its catch-up requests fail for a while (its peers time out, say): those made when
             # it connects, and the one its core makes on hearing of a later height.
             obs = await c.start("observer", OBSERVER, deliberate=False, failing_fetches=10**6)
-            await until(lambda: len(obs.node._peers) == 5 and obs.fetches >= 1 and obs.node._catching_up is None)
+            await until(lambda: len(obs.node._peers) == 5 and obs.fetches >= 1 and obs.node.catch_up.in_flight is None)
             await decided(c, ALL, [await c.submit("While its fetches fail?")])
             assert last_height(c, "observer") == 0
             # From now on a fetch would succeed; the swarm moves on and the observer hears it.
