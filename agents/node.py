@@ -24,6 +24,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -69,6 +70,7 @@ log = logging.getLogger("conclave.peer")
 
 BLOCK_OVERHEAD = 2048  # room in a message for the proposal and envelope around a block
 TICK_S = 1.0
+MAX_RESEND_PER_TICK = 8  # own ballots re-sent per tick (each is a commitment and maybe a reveal)
 
 
 # --- events the node's loop handles besides network events ---------------------------
@@ -101,11 +103,11 @@ class Tick:
 NodeEvent = TimerFired | BallotReady | BallotFailed | DecisionsFetched | Tick
 
 
-class Deliberator:
-    """Makes this agent's ballot for a motion (the LLM). Tests pass a fake."""
+class Deliberator(Protocol):
+    """Makes this agent's ballot for a motion: ``agents.deliberation.LlmDeliberator``
+    (the model), or ``FixedDeliberator`` (zero cost, for tests and benchmarks)."""
 
-    async def ballot(self, motion_id: bytes, motion: Motion) -> Ballot:  # pragma: no cover - interface
-        raise NotImplementedError
+    async def ballot(self, motion_id: bytes, motion: Motion) -> Ballot: ...
 
 
 @dataclass(slots=True)
@@ -329,9 +331,12 @@ class AgentNode:
 
     def _rebroadcast_ballots(self) -> None:
         # Gossip loses messages and peers restart: resend what we committed and revealed
-        # for motions still open, at most once per ballot_rebroadcast_ms.
+        # for motions still open, each at most once per ballot_rebroadcast_ms, and only
+        # a few per tick: py-libp2p's gossip saturates at tens of messages a second.
         now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
         for motion_id, own in self.mine.items():
+            if len(self._resend) >= MAX_RESEND_PER_TICK:
+                break
             if self.pool.get(motion_id) is not None and now - own.last_sent >= every:
                 own.last_sent = now
                 self._resend.append(own)
