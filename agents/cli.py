@@ -26,9 +26,12 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 def _cmd_keys_show(args: argparse.Namespace) -> int:
     from p2p.keys import read_key_file
 
+    from p2p.chainkeys import chain_address
+
     identity = read_key_file(Path(args.path))
-    print(f"peer id:    {identity.peer_id}")
-    print(f"public key: {identity.public_key.hex()}")
+    print(f"peer id:       {identity.peer_id}")
+    print(f"public key:    {identity.public_key.hex()}")
+    print(f"chain address: {chain_address(identity.seed)}")
     return 0
 
 
@@ -216,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("new", help="write a new ed25519 key file (mode 0600) and print its peer id")
     p.add_argument("path")
     p.set_defaults(func=_cmd_keys_new)
-    p = keys.add_parser("show", help="print a key file's peer id and public key")
+    p = keys.add_parser("show", help="print a key file's peer id, public key and chain (secp256k1) address")
     p.add_argument("path")
     p.set_defaults(func=_cmd_keys_show)
 

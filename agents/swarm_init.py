@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2p.errors import ConfigError
+from p2p.chainkeys import chain_address
 from p2p.keys import Identity, write_key_file
 from p2p.swarmfile import PROTOCOL_VERSION, Params, SwarmConfig, Validator, default_topic, render_swarm_file
 
@@ -31,7 +32,8 @@ def init_swarm(
         identity = Identity.generate()
         write_key_file(directory / f"v{i}.key", identity)
         addrs = (f"/ip4/{host}/tcp/{ports[i - 1]}",) if ports else ()
-        members.append(Validator(f"v{i}", identity.peer_id, identity.public_key, 1, addrs))
+        members.append(Validator(f"v{i}", identity.peer_id, identity.public_key, 1, addrs,
+                                 chain_address(identity.seed)))
     cfg = SwarmConfig(name, default_topic(name), PROTOCOL_VERSION, tuple(members), params or Params())
     swarm_path.write_text(render_swarm_file(cfg))
     return cfg

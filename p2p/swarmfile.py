@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 
+from p2p.chainkeys import normalise_address
 from p2p.errors import ConfigError
 from p2p.keys import PUBLIC_KEY_BYTES, peer_id_from_public_key
 
@@ -86,6 +87,9 @@ class Validator:
     public_key: bytes
     power: int
     addrs: tuple[str, ...] = ()
+    # The checksummed address of the validator's chain key (p2p.chainkeys), which signs
+    # checkpoints; "" when the swarm anchors nowhere that needs one.
+    chain_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,7 @@ def compute_swarm_id(cfg: SwarmConfig) -> bytes:
         cfg.name,
         cfg.topic,
         cfg.protocol_version,
-        [[v.name, v.public_key, v.power] for v in cfg.validators],
+        [[v.name, v.public_key, v.power, v.chain_address] for v in cfg.validators],
         params,
     ]
     return hashlib.sha256(msgpack.packb(genesis, use_bin_type=True)).digest()
@@ -231,8 +235,13 @@ def _load_validator(path: Path, i: int, table: Any) -> Validator:
         problem = multiaddr_problem(a)
         if problem:
             raise f.fail(f"addrs[{j}]", problem)
+    chain = f.get("chain_address", str, "")
+    chain_address = normalise_address(chain) if chain else ""
+    if chain_address is None:
+        raise f.fail("chain_address", f"{chain!r} is not an Ethereum address (0x and 40 hex digits, "
+                     "mixed case only with a valid checksum)")
     f.finish()
-    return Validator(name, peer_id, public_key, power, tuple(addrs))
+    return Validator(name, peer_id, public_key, power, tuple(addrs), chain_address)
 
 
 def multiaddr_problem(text: str) -> str | None:
@@ -313,7 +322,7 @@ def render_swarm_file(cfg: SwarmConfig) -> str:
             f"public_key = {_q(v.public_key.hex())}",
             f"power = {v.power}",
             "addrs = [" + ", ".join(_q(a) for a in v.addrs) + "]",
-        ]
+        ] + ([f"chain_address = {_q(v.chain_address)}"] if v.chain_address else [])
     return "\n".join(lines) + "\n"
 
 

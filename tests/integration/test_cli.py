@@ -22,6 +22,7 @@ import pytest
 
 from agents.procs import PeerProcess, conclave_command, free_tcp_ports, run_conclave
 from agents.swarm_init import SWARM_FILE, init_swarm
+from p2p.chainkeys import chain_address, chain_private_key
 from p2p.keys import read_key_file
 from p2p.swarmfile import load_swarm_file
 
@@ -72,7 +73,7 @@ def test_keys_new_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Path) 
     assert mode(path) == 0o600
 
 
-def test_keys_show_prints_peer_id_and_public_key(tmp_path: Path) -> None:
+def test_keys_show_prints_peer_id_public_key_and_chain_address(tmp_path: Path) -> None:
     path = tmp_path / "me.key"
     assert run_conclave("keys", "new", str(path)).returncode == 0
     identity = read_key_file(path)
@@ -82,9 +83,11 @@ def test_keys_show_prints_peer_id_and_public_key(tmp_path: Path) -> None:
     assert {k: v.strip() for k, v in fields.items()} == {
         "peer id": identity.peer_id,
         "public key": identity.public_key.hex(),
+        "chain address": chain_address(identity.seed),
     }
-    # The seed never appears on screen.
+    # Neither the seed nor the chain key derived from it ever appears on screen.
     assert identity.seed.hex() not in res.stdout
+    assert chain_private_key(identity.seed).hex() not in res.stdout
 
 
 def test_keys_show_refuses_a_key_others_can_read(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from p2p.chainkeys import chain_address
 from p2p.errors import ConfigError
 from p2p.keys import Identity
 from p2p.swarmfile import (
@@ -28,7 +29,8 @@ MODEL = "ab" * 32
 def validator(i: int, power: int = 1, name: str | None = None) -> Validator:
     ident = IDENTITIES[i]
     return Validator(
-        name or NAMES[i], ident.peer_id, ident.public_key, power, (f"/ip4/127.0.0.1/tcp/{9000 + i}",)
+        name or NAMES[i], ident.peer_id, ident.public_key, power, (f"/ip4/127.0.0.1/tcp/{9000 + i}",),
+        chain_address(ident.seed),
     )
 
 
@@ -159,6 +161,18 @@ def test_round_trip_with_every_parameter_changed(tmp_path):
     assert load_swarm_file(write(tmp_path, render_swarm_file(cfg))) == cfg
 
 
+def test_chain_addresses_are_part_of_the_swarm_id_and_read_in_any_case(tmp_path):
+    cfg = make_swarm()
+    moved = replace(cfg, validators=(replace(cfg.validators[0], chain_address=chain_address(bytes(32))),
+                                     *cfg.validators[1:]))
+    assert moved.swarm_id != cfg.swarm_id
+    text = render_swarm_file(cfg).replace(cfg.validators[2].chain_address, cfg.validators[2].chain_address.lower())
+    assert load_swarm_file(write(tmp_path, text)) == cfg  # normalised to the checksummed form
+    bare = replace(cfg, validators=tuple(replace(v, chain_address="") for v in cfg.validators))
+    assert "chain_address" not in render_swarm_file(bare)
+    assert load_swarm_file(write(tmp_path, render_swarm_file(bare), "bare.toml")) == bare
+
+
 def test_round_trip_of_awkward_strings(tmp_path):
     cfg = replace(make_swarm(n=1), topic='/conclave/"quoted"\\back\tslash/ünï/v1')
     assert cfg.swarm_id != make_swarm(n=1).swarm_id
@@ -265,6 +279,14 @@ BROKEN = [
     pytest.param(set_key("validators[0]", "addrs", "[9000]"), "validators[0].addrs[0]", id="addr-int"),
     pytest.param(set_key("validators[0]", "addrs", '"/ip4/127.0.0.1/tcp/1"'), "validators[0].addrs", id="addrs-not-list"),
     pytest.param(set_key("validators[1]", "powr", "1"), "validators[1].powr", id="validator-unknown-field"),
+    pytest.param(set_key("validators[1]", "chain_address", '"0x1234"'), "validators[1].chain_address",
+                 id="chain-address-short"),
+    pytest.param(set_key("validators[1]", "chain_address", '"' + "0x" + "g" * 40 + '"'),
+                 "validators[1].chain_address", id="chain-address-not-hex"),
+    pytest.param(set_key("validators[1]", "chain_address", '"' + chain_address(IDENTITIES[1].seed).swapcase()
+                         .replace("0X", "0x") + '"'), "validators[1].chain_address", id="chain-address-bad-checksum"),
+    pytest.param(set_key("validators[1]", "chain_address", "7"), "validators[1].chain_address",
+                 id="chain-address-int"),
     pytest.param(drop_validators, "validators", id="validators-missing"),
     pytest.param(lambda t: "validators = []\n" + drop_validators(t), "validators", id="validators-empty"),
     pytest.param(lambda t: "validators = [1]\n" + drop_validators(t), "validators[0]", id="validator-not-table"),

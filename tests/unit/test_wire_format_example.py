@@ -44,7 +44,7 @@ def example() -> dict[str, str]:
     assert isinstance(swarm.params.client_rate_per_s, float)  # encoded as float 64
     genesis = msgpack.packb(
         ["conclave/swarm-id/v1", swarm.name, swarm.topic, swarm.protocol_version,
-         [[v.name, v.public_key, v.power] for v in validators], params],
+         [[v.name, v.public_key, v.power, v.chain_address] for v in validators], params],
         use_bin_type=True,
     )
     payload = Motion("Adopt the wire format?", ("approve", "reject")).encode()
