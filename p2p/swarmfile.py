@@ -54,6 +54,9 @@ class Params:
     max_pending_motions: int = 1000
     max_pending_per_sender: int = 100
     max_resolutions_per_block: int = 64
+    # Anchoring: checkpoint n is submitted by validator (n - 1) mod N, or by the k-th next
+    # in line once it has not landed k * anchor_grace_ms after a quorum signed it.
+    anchor_grace_ms: int = 5000
     allowed_models: tuple[str, ...] = ()
 
     # (minimum, maximum) of each numeric field; loading checks them and names the field.
@@ -77,7 +80,28 @@ class Params:
         "max_pending_motions": (1, 1_000_000),
         "max_pending_per_sender": (1, 1_000_000),
         "max_resolutions_per_block": (1, 256),
+        "anchor_grace_ms": (100, 3_600_000),
     }
+
+
+CHAIN_KINDS = ("ledger", "evm", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """Where checkpoints are anchored (``[chain]``). Not part of the swarm id: the
+    registry's address is known only after deploying it for that id, and a verifier
+    checks the registry's own swarm id and validator set instead."""
+
+    kind: str = "ledger"  # the embedded ledger file, an EVM chain, or no anchoring
+    ledger: str = "ledger.jsonl"  # relative to the swarm file's directory
+    rpc: str = ""  # JSON-RPC URL of an EVM node
+    chain_id: int = 0  # 0: ask the node
+    registry: str = ""  # the CheckpointRegistry's address ("" until `conclave chain deploy`)
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHAIN_KINDS:
+            raise ConfigError(f"chain.kind must be one of {', '.join(CHAIN_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +123,8 @@ class SwarmConfig:
     protocol_version: int
     validators: tuple[Validator, ...]
     params: Params = field(default_factory=Params)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    base_dir: Path | None = field(default=None, compare=False)  # the swarm file's directory
     swarm_id: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +133,10 @@ class SwarmConfig:
     @property
     def total_power(self) -> int:
         return sum(v.power for v in self.validators)
+
+    def ledger_path(self) -> Path:
+        path = Path(self.chain.ledger)
+        return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
 
     def validator_by_key(self, public_key: bytes) -> Validator | None:
         for v in self.validators:
@@ -290,8 +320,32 @@ def load_swarm_file(path: Path) -> SwarmConfig:
             if value in seen:
                 raise ConfigError(f"{path}: validators[{i}].{attr}: duplicates validators[{seen[value]}]")
             seen[value] = i
+    chain = _load_chain(path, top.get("chain", dict, {}))
     top.finish()
-    return SwarmConfig(name, topic, version, validators, params)
+    return SwarmConfig(name, topic, version, validators, params, chain, path.resolve().parent)
+
+
+def _load_chain(path: Path, table: Any) -> ChainConfig:
+    f = _Fields(path, "chain", table)
+    kind = f.get("kind", str, "ledger")
+    if kind not in CHAIN_KINDS:
+        raise f.fail("kind", f"must be one of {', '.join(CHAIN_KINDS)}, got {kind!r}")
+    ledger = f.get("ledger", str, "ledger.jsonl")
+    if not ledger:
+        raise f.fail("ledger", "must be a file name or path")
+    rpc = f.get("rpc", str, "")
+    if rpc and not re.match(r"https?://[^/\s]+", rpc):
+        raise f.fail("rpc", f"{rpc!r} must be an http:// or https:// URL")
+    if kind == "evm" and not rpc:
+        raise f.fail("rpc", "an evm chain needs the JSON-RPC URL of a node")
+    chain_id = f.get("chain_id", int, 0)
+    if chain_id < 0:
+        raise f.fail("chain_id", f"must be positive (or 0: ask the node), got {chain_id}")
+    registry = f.get("registry", str, "")
+    if registry and normalise_address(registry) is None:
+        raise f.fail("registry", f"{registry!r} is not an address (0x and 40 hex digits)")
+    f.finish()
+    return ChainConfig(kind, ledger, rpc, chain_id, normalise_address(registry) if registry else "")
 
 
 # --- writing -------------------------------------------------------------------------
@@ -313,6 +367,15 @@ def render_swarm_file(cfg: SwarmConfig) -> str:
     for name in Params.LIMITS:
         lines.append(f"{name} = {getattr(cfg.params, name)!r}")
     lines.append("allowed_models = [" + ", ".join(_q(m) for m in cfg.params.allowed_models) + "]")
+    c = cfg.chain
+    lines += ["", "# Where checkpoints are anchored (not part of the swarm id).", "[chain]", f"kind = {_q(c.kind)}",
+              f"ledger = {_q(c.ledger)}"]
+    if c.rpc:
+        lines.append(f"rpc = {_q(c.rpc)}")
+    if c.chain_id:
+        lines.append(f"chain_id = {c.chain_id}")
+    if c.registry:
+        lines.append(f"registry = {_q(c.registry)}")
     for v in cfg.validators:
         lines += [
             "",

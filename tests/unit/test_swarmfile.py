@@ -10,6 +10,7 @@ from p2p.chainkeys import chain_address
 from p2p.errors import ConfigError
 from p2p.keys import Identity
 from p2p.swarmfile import (
+    ChainConfig,
     PROTOCOL_VERSION,
     Params,
     SwarmConfig,
@@ -154,6 +155,7 @@ def test_round_trip_with_every_parameter_changed(tmp_path):
         max_pending_motions=1,
         max_pending_per_sender=1,
         max_resolutions_per_block=1,
+        anchor_grace_ms=100,
         allowed_models=(),
     )
     assert set(params) == set(Params.LIMITS) | {"allowed_models"}
@@ -171,6 +173,17 @@ def test_chain_addresses_are_part_of_the_swarm_id_and_read_in_any_case(tmp_path)
     bare = replace(cfg, validators=tuple(replace(v, chain_address="") for v in cfg.validators))
     assert "chain_address" not in render_swarm_file(bare)
     assert load_swarm_file(write(tmp_path, render_swarm_file(bare), "bare.toml")) == bare
+
+
+def test_chain_config_round_trips_outside_the_swarm_id_and_the_ledger_is_beside_the_file(tmp_path):
+    cfg = make_swarm()
+    evm = replace(cfg, chain=ChainConfig("evm", "l.jsonl", "http://127.0.0.1:8545", 31337,
+                                         chain_address(IDENTITIES[0].seed)))
+    assert evm.swarm_id == cfg.swarm_id
+    loaded = load_swarm_file(write(tmp_path, render_swarm_file(evm)))
+    assert loaded == evm and loaded.chain.registry == evm.chain.registry
+    assert loaded.ledger_path() == tmp_path.resolve() / "l.jsonl"
+    assert load_swarm_file(write(tmp_path, render_swarm_file(cfg), "plain.toml")).chain == ChainConfig()
 
 
 def test_round_trip_of_awkward_strings(tmp_path):
@@ -325,6 +338,14 @@ BROKEN = [
     pytest.param(lambda t: "swarm = 5\n" + drop_section(t, "[swarm]"), "swarm", id="swarm-not-table"),
     pytest.param(lambda t: "params = 5\n" + drop_section(t, "[params]"), "params", id="params-not-table"),
     pytest.param(prepend("extra = 1"), "extra", id="top-level-unknown-field"),
+    # chain
+    pytest.param(set_key("chain", "kind", '"bitcoin"'), "chain.kind", id="chain-kind-unknown"),
+    pytest.param(set_key("chain", "kind", '"evm"'), "chain.rpc", id="chain-evm-without-rpc"),
+    pytest.param(set_key("chain", "rpc", '"localhost:8545"'), "chain.rpc", id="chain-rpc-not-url"),
+    pytest.param(set_key("chain", "registry", '"0x12"'), "chain.registry", id="chain-registry-bad"),
+    pytest.param(set_key("chain", "chain_id", "-1"), "chain.chain_id", id="chain-id-negative"),
+    pytest.param(set_key("chain", "ledger", '""'), "chain.ledger", id="chain-ledger-empty"),
+    pytest.param(set_key("chain", "rpcc", '"http://x"'), "chain.rpcc", id="chain-unknown-field"),
 ]
 
 

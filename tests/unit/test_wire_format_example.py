@@ -38,7 +38,7 @@ def example() -> dict[str, str]:
             "status_interval_ms", "dial_backoff_initial_ms", "dial_backoff_max_ms", "timeout_propose_ms",
             "timeout_prevote_ms", "timeout_precommit_ms", "timeout_delta_ms", "checkpoint_interval",
             "motion_deadline_ms", "reveal_timeout_ms", "ballot_rebroadcast_ms", "max_pending_motions",
-            "max_pending_per_sender", "max_resolutions_per_block",
+            "max_pending_per_sender", "max_resolutions_per_block", "anchor_grace_ms",
         )
     ] + [["allowed_models", []]]
     assert isinstance(swarm.params.client_rate_per_s, float)  # encoded as float 64
