@@ -28,6 +28,7 @@ from typing import Protocol
 
 import trio
 
+from agents.anchoring import Decided, SignatureArrived
 from agents.ballot import Ballot
 from agents.catchup import CatchUp, DecisionsFetched, Fetch, run_catchup_worker
 from agents.commitment import Commitment, Reveal, commit
@@ -164,6 +165,8 @@ class AgentNode:
         self._ballot_queue: trio.MemorySendChannel | None = None
         self._resend: list[OwnBallot] = []
         self._peers: set[str] = set()
+        # Decided heights and checkpoint signatures for the anchoring service, if any.
+        self.anchoring: trio.MemorySendChannel | None = None
 
     @property
     def is_validator(self) -> bool:
@@ -258,10 +261,21 @@ class AgentNode:
             self._count(self.pool.add_commitment(accepted.payload))
         elif t is MessageType.BALLOT_REVEAL:
             self._count(self.pool.add_reveal(accepted.payload))
+        elif t is MessageType.CHECKPOINT_SIGNATURE:
+            if accepted.validator is not None and accepted.validator.chain_address:
+                self._to_anchoring(SignatureArrived(accepted.validator.chain_address, accepted.payload))
         elif t is MessageType.STATUS:
             st = accepted.payload
             emit(log, "status_received", f"status from {st.name}: version {st.agent_version}", logging.DEBUG,
                  name=st.name, agent_version=st.agent_version, listen=list(st.listen_addrs))
+
+    def _to_anchoring(self, event: object) -> None:
+        if self.anchoring is None:
+            return
+        try:
+            self.anchoring.send_nowait(event)
+        except trio.WouldBlock:  # it is behind (a slow chain): it re-reads heights from the store
+            emit(log, "anchoring_busy", "anchoring is behind; an event was dropped", logging.DEBUG)
 
     def _count(self, verdict: BallotVerdict) -> None:
         self.stats.ballots[verdict.value] = self.stats.ballots.get(verdict.value, 0) + 1
@@ -424,6 +438,7 @@ class AgentNode:
         self.pool.mark_decided(ids)
         for m in ids:
             self.mine.pop(m, None)
+        self._to_anchoring(Decided(d.height))
         self._want = None
         power = self.valset.power_of(set(d.certificate.indices()))
         total = self.valset.total_power

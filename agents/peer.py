@@ -19,6 +19,7 @@ import trio
 from agents import __version__
 from agents.logs import emit
 from agents.naming import describe_sender, short  # noqa: F401 (re-exported)
+from agents.checkpoint_signature import CheckpointSignature
 from agents.commitment import Commitment, Reveal
 from agents.metrics import PeerMetrics
 from agents.catchup import Fetch
@@ -36,7 +37,8 @@ log = logging.getLogger("conclave.peer")
 
 
 # The envelope types this peer decodes: the network's own, plus the agents' ballot types.
-PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitment.decode, MessageType.BALLOT_REVEAL: Reveal.decode}
+PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitment.decode, MessageType.BALLOT_REVEAL: Reveal.decode,
+                 MessageType.CHECKPOINT_SIGNATURE: CheckpointSignature.decode}
 
 
 class PeerGate:
@@ -84,13 +86,17 @@ async def serve_peer(
     deliberator: Deliberator | None = None,
     fetch: Fetch | None = None,
     metrics: PeerMetrics | None = None,
+    anchoring: trio.MemorySendChannel | None = None,
+    outbox: Outbox | None = None,
     listen_addrs: tuple[str, ...] = (),
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the peer on a network started with ``gate``, until cancelled. Hands the
     ``AgentNode`` to ``task_status`` once it has loaded its store and is running."""
-    node = AgentNode(swarm, identity, store, Outbox(swarm, identity, net, first_seq),
+    # One outbox per identity: every sender's sequence numbers must rise (replay window).
+    node = AgentNode(swarm, identity, store, outbox or Outbox(swarm, identity, net, first_seq),
                      deliberator=deliberator, fetch=fetch, metrics=metrics)
+    node.anchoring = anchoring
     await node.load()
     role = "validator" if node.is_validator else "observer"
     validator = gate.validator

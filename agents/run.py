@@ -109,6 +109,23 @@ def _fetcher(swarm: SwarmConfig, net):
     return fetch
 
 
+async def _start_anchoring(nursery, swarm: SwarmConfig, identity: Identity, store: PeerStore, outbox: Outbox):
+    """The checkpoint service, if the swarm anchors somewhere; its event channel."""
+    from agents.anchoring import CheckpointService, open_anchor, run_anchoring  # noqa: PLC0415
+
+    member = swarm.validator_by_key(identity.public_key)
+    name = member.name if member else identity.peer_id
+    anchor = await trio.to_thread.run_sync(open_anchor, swarm, identity, name)
+    if anchor is None:
+        return None
+    send, recv = trio.open_memory_channel(256)
+    service = CheckpointService(swarm, identity, store, anchor, outbox.send)
+    await nursery.start(run_anchoring, service, recv, await store.alast_height())
+    emit(log, "anchoring", f"anchoring every {swarm.params.checkpoint_interval} heights to {anchor.name}",
+         interval=swarm.params.checkpoint_interval, anchor=anchor.name)
+    return send
+
+
 async def run_peer_process(opts: PeerOptions) -> None:
     """A peer until SIGINT or SIGTERM; then a clean shutdown (bounded, under 2 s)."""
     from agents.metrics import PeerMetrics, serve_metrics  # noqa: PLC0415
@@ -145,11 +162,14 @@ async def run_peer_process(opts: PeerOptions) -> None:
                     return [(d.height, d.block.encode(), d.certificate.encode()) for d in ds]
 
                 await nursery.start(serve_sync, net, swarm.swarm_id, provide)
+                outbox = Outbox(swarm, opts.identity, net, time.time_ns())  # shared: one sequence
+                anchoring = await _start_anchoring(nursery, swarm, opts.identity, store, outbox)
                 node = await nursery.start(
                     lambda task_status: serve_peer(
                         swarm, opts.identity, net, gate, store, first_seq=time.time_ns(),
                         deliberator=deliberator, fetch=_fetcher(swarm, net), metrics=metrics,
-                        listen_addrs=net.listen_addrs, task_status=task_status,
+                        anchoring=anchoring, outbox=outbox, listen_addrs=net.listen_addrs,
+                        task_status=task_status,
                     )
                 )
 

@@ -36,6 +36,7 @@ class MessageType(enum.IntEnum):
     VOTE = 4  # consensus.types.SignedVote (the signer may differ from the sender: relays)
     BALLOT_COMMIT = 5  # agents.commitment.Commitment
     BALLOT_REVEAL = 6  # agents.commitment.Reveal
+    CHECKPOINT_SIGNATURE = 7  # agents.checkpoint_signature.CheckpointSignature
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ SENDERS: dict[MessageType, Senders] = {
     MessageType.VOTE: Senders.VALIDATORS,
     MessageType.BALLOT_COMMIT: Senders.VALIDATORS,
     MessageType.BALLOT_REVEAL: Senders.VALIDATORS,
+    MessageType.CHECKPOINT_SIGNATURE: Senders.VALIDATORS,
 }
 
 

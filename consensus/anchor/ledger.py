@@ -124,7 +124,7 @@ class Ledger:
         r = records[number]
         return Anchored(number, r["first_height"], r["last_height"], bytes.fromhex(r["root"]),
                         bytes.fromhex(r["validator_set_hash"]), bytes.fromhex(r["prev_checkpoint_hash"]),
-                        number, r["submitter"])
+                        number + 1, r["submitter"])  # "anchored at": its line in the file
 
     def position(self, number: int) -> LedgerPosition | None:
         records = self._read()
