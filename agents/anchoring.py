@@ -57,9 +57,11 @@ class AnchorClient(Protocol):
 
 
 class LedgerClient:
-    def __init__(self, path: Path, swarm: SwarmConfig, submitter: str) -> None:
+    def __init__(self, path: Path, swarm: SwarmConfig, submitter: str, create: bool = True) -> None:
         from consensus.anchor.ledger import Ledger  # noqa: PLC0415
 
+        if not path.exists() and not create:
+            raise ChainUnavailable(f"{path}: no ledger file here (none anchored yet, or another machine's)")
         if not path.exists():
             try:
                 Ledger.create(path, swarm.swarm_id, [(v.chain_address, v.power) for v in swarm.validators])
@@ -116,8 +118,10 @@ class EvmClient:
         return {"tx_hash": r.tx_hash, "block": r.block_number, "gas_used": r.gas_used}
 
 
-def open_anchor(swarm: SwarmConfig, identity: Identity | None, submitter: str) -> AnchorClient | None:
-    """The swarm's anchor (``[chain]``), or None when it anchors nowhere."""
+def open_anchor(swarm: SwarmConfig, identity: Identity | None, submitter: str,
+                create: bool = True) -> AnchorClient | None:
+    """The swarm's anchor (``[chain]``), or None when it anchors nowhere. ``create``: a
+    missing ledger file is made (peers) rather than reported (``conclave verify``)."""
     kind = swarm.chain.kind
     if kind == "none":
         return None
@@ -126,7 +130,7 @@ def open_anchor(swarm: SwarmConfig, identity: Identity | None, submitter: str) -
         raise ConfigError(f"validators {', '.join(missing)} have no chain_address in the swarm file: "
                           "checkpoints cannot be anchored (set [chain] kind = \"none\" to run without)")
     if kind == "ledger":
-        return LedgerClient(swarm.ledger_path(), swarm, submitter)
+        return LedgerClient(swarm.ledger_path(), swarm, submitter, create)
     return EvmClient(swarm, chain_private_key(identity.seed) if identity is not None else None)
 
 

@@ -110,6 +110,61 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from agents.anchoring import open_anchor
+    from agents.verify import verify
+    from consensus.anchor.evm import AnchorError
+    from consensus.merkle import InclusionProof
+    from p2p.swarmfile import load_swarm_file
+
+    configure_logging("text", "error", sys.stderr)
+    swarm = load_swarm_file(Path(args.swarm))
+    target = args.target.lower().removeprefix("0x")
+    if not (target.isdigit() and int(target) >= 1) and not (len(target) >= 8 and all(c in "0123456789abcdef" for c in target)):
+        raise ConfigError(f"{args.target}: give a height (1, 2, ...) or a motion id (at least 8 hex digits)")
+    proof = None
+    if args.proof:
+        try:
+            proof = InclusionProof.decode(bytes.fromhex(args.proof))
+        except Exception as exc:  # bad hex or a malformed proof: the user's input
+            raise ConfigError(f"--proof: not an inclusion proof ({exc})") from None
+    try:
+        anchor = open_anchor(swarm, None, "verify", create=False)
+    except AnchorError as exc:
+        anchor = _Unreachable(str(exc))
+    if args.data:
+        from agents.storage import PeerStore
+
+        store = PeerStore.open_readonly(Path(args.data))
+        try:
+            verdict = verify(swarm, store.decisions, target, anchor, proof)
+        finally:
+            store.close()
+    else:
+        from agents.remote_decisions import fetch_all
+
+        decisions = trio.run(fetch_all, swarm, args.from_addr, args.timeout)
+        verdict = verify(swarm, lambda a, b: [d for d in decisions if a <= d.height <= b], target, anchor, proof)
+    print(json.dumps(verdict.as_dict()) if args.json else verdict.describe())
+    return 0 if verdict.valid else 1
+
+
+class _Unreachable:
+    """An anchor that could not be opened: every read says why (``chain_unreachable``)."""
+
+    def __init__(self, why: str) -> None:
+        self.name, self._why = "the anchor", why
+
+    def count(self) -> int:
+        from consensus.anchor.evm import ChainUnavailable
+
+        raise ChainUnavailable(self._why)
+
+    get = count
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
@@ -274,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per decision per line")
     p.add_argument("--from", dest="from_height", type=int, default=1, metavar="H", help="first height (default 1)")
     p.set_defaults(func=_cmd_log)
+
+    p = sub.add_parser("verify", help="check a decision's certificate, Merkle proof and anchored checkpoint")
+    p.add_argument("--swarm", required=True, help="the swarm file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="read decisions from a peer's data directory")
+    src.add_argument("--from", dest="from_addr", metavar="MADDR",
+                     help="fetch decisions from a running peer, /ip4/.../tcp/.../p2p/<peer id>")
+    p.add_argument("--proof", metavar="HEX", help="check this inclusion proof instead of computing one")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for a remote peer (default 10)")
+    p.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    p.add_argument("target", metavar="MOTION_ID|HEIGHT")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("status", help="ask each validator of a running swarm for its height, round and peers")
     p.add_argument("--swarm", required=True, help="the swarm file")
