@@ -96,7 +96,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(args.validators, args.motions, Path(args.dir) if args.dir else None,
-                                args.forever, args.log_format, args.model))
+                                args.forever, args.log_format, args.model, args.chain))
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
@@ -163,6 +163,16 @@ class _Unreachable:
         raise ChainUnavailable(self._why)
 
     get = count
+
+
+def _cmd_chain_deploy(args: argparse.Namespace) -> int:
+    from agents.chain_deploy import deploy
+    from p2p.keys import read_key_file
+
+    swarm = deploy(Path(args.swarm), args.rpc, read_key_file(Path(args.key)), fund=not args.no_fund)
+    print(f"registry {swarm.chain.registry} deployed on chain {swarm.chain.chain_id} ({args.rpc}); "
+          f"{args.swarm} now anchors there")
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -322,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forever", action="store_true", help="keep the swarm running until Ctrl-C")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--model", metavar="PATH", help="the validators' GGUF file, or 'fixed' (default: SmolLM2-135M)")
+    p.add_argument("--chain", default="ledger", metavar="ledger|anvil|URL",
+                   help="anchor checkpoints to the embedded ledger (default), to an anvil started for the demo, "
+                        "or to the EVM node at URL (deploys the registry there)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("log", help="list the decisions in a peer's durable log")
@@ -329,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per decision per line")
     p.add_argument("--from", dest="from_height", type=int, default=1, metavar="H", help="first height (default 1)")
     p.set_defaults(func=_cmd_log)
+
+    chain = sub.add_parser("chain", help="the swarm's anchor on an EVM chain").add_subparsers(
+        dest="chain_cmd", required=True)
+    p = chain.add_parser("deploy", help="deploy the CheckpointRegistry and record it in the swarm file")
+    p.add_argument("--swarm", required=True, help="the swarm file (rewritten with the registry's address)")
+    p.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC URL of an EVM node")
+    p.add_argument("--key", required=True, metavar="FILE", help="a key file whose chain address pays for gas")
+    p.add_argument("--no-fund", action="store_true",
+                   help="do not fund the payer and validators from the node's unlocked dev account")
+    p.set_defaults(func=_cmd_chain_deploy)
 
     p = sub.add_parser("verify", help="check a decision's certificate, Merkle proof and anchored checkpoint")
     p.add_argument("--swarm", required=True, help="the swarm file")
@@ -401,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`conclave log | head`): not an error; keep Python from
+        # complaining again when it flushes stdout at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from agents.swarm_init import SWARM_FILE, init_swarm
 from p2p.errors import ConfigError
 from p2p.keys import Identity, read_key_file, write_key_file
 from p2p.messages import Motion
-from p2p.swarmfile import SwarmConfig, load_swarm_file
+from p2p.swarmfile import Params, SwarmConfig, load_swarm_file
 
 SAMPLE_MOTIONS = [
     ("Adopt the revised data-retention policy: delete raw logs after 30 days?", ("approve", "reject")),
@@ -46,6 +46,8 @@ JOIN_TIMEOUT = 90.0  # models load first
 PROPOSE_TIMEOUT = 30.0
 SUBMIT_INTERVAL = 1.1  # the swarm's default client rate limit is one motion per second
 PROGRESS_EVERY = 5.0
+DEMO_CHECKPOINT_INTERVAL = 5  # a checkpoint every 5 heights, so that a short demo anchors some
+ANCHOR_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class DemoOptions:
     forever: bool = False
     log_format: str = "text"
     model: str | None = None
+    chain: str = "ledger"  # "ledger" (embedded), "anvil" (started here), or a JSON-RPC URL
 
 
 def sample_motions(n: int) -> list[Motion]:
@@ -137,7 +140,8 @@ def _prepare(opts: DemoOptions, workdir: Path) -> SwarmConfig:
             if read_key_file(workdir / f"{v.name}.key").public_key != v.public_key:
                 raise ConfigError(f"{workdir / (v.name + '.key')}: not the key of validator {v.name}")
         return swarm
-    return init_swarm(workdir, opts.validators, "demo", free_tcp_ports(opts.validators))
+    return init_swarm(workdir, opts.validators, "demo", free_tcp_ports(opts.validators),
+                      params=Params(checkpoint_interval=DEMO_CHECKPOINT_INTERVAL))
 
 
 def _submit(swarm: SwarmConfig, client: Identity, motions: list[Motion]) -> list[str]:
@@ -168,6 +172,12 @@ def run_demo(opts: DemoOptions) -> int:
     if not client_key.exists():
         write_key_file(client_key, Identity.generate())
     client = read_key_file(client_key)
+    anvil = None
+    try:
+        swarm, anvil = _setup_chain(opts, workdir, swarm, client, console)
+    except ConfigError as exc:
+        print(f"conclave: error: {exc}", file=sys.stderr)
+        return 2
     names = [v.name for v in swarm.validators]
     console.say("demo_started", f"== swarm '{swarm.name}' with {len(names)} validators in {workdir}",
                 dir=str(workdir), validators=names)
@@ -187,8 +197,11 @@ def run_demo(opts: DemoOptions) -> int:
         if motions:
             console.say("submitting", f"== all peers connected; putting {len(motions)} motions to the swarm "
                         f"(one a second: the swarm rate-limits clients)", motions=len(motions))
+            submitted_at = time.monotonic()
             ids = _submit(swarm, client, motions)
-            ok = _wait_resolved(console, agreements, names, ids, motions)
+            ok = _wait_resolved(console, agreements, names, ids, motions, submitted_at)
+            if ok and swarm.chain.kind != "none":
+                ok = _wait_anchored_and_verify(console, swarm, workdir / names[0], peers, agreements, names, ids)
         else:
             ok = True
         if ok and opts.forever:
@@ -208,12 +221,72 @@ def run_demo(opts: DemoOptions) -> int:
         times = [p.stop() for p in peers]
         if times:
             console.say("stopped", f"== stopped {len(peers)} peers with SIGTERM (slowest {max(times):.2f} s)")
+        if anvil is not None:
+            anvil.stop()
         if opts.directory is None and ok:
             shutil.rmtree(workdir, ignore_errors=True)
         elif opts.directory is None:
             console.say("kept", f"== kept {workdir} for inspection (conclave log --data {workdir / names[0]})")
     console.say("demo_finished", "== demo OK" if ok else "== demo FAILED", ok=ok)
     return 0 if ok else 1
+
+
+def _setup_chain(opts: DemoOptions, workdir: Path, swarm: SwarmConfig, client: Identity, console: Console):
+    """Where checkpoints go: the ledger file (nothing to start), a fresh anvil, or the EVM
+    node at a URL (which stays up afterwards, for `conclave verify`)."""
+    if opts.chain == "ledger" or swarm.chain.registry:
+        return swarm, None
+    from agents.chain_deploy import deploy  # noqa: PLC0415
+    from consensus.anchor.anvil import Anvil  # noqa: PLC0415
+
+    anvil = None
+    url = opts.chain
+    if opts.chain == "anvil":
+        anvil = Anvil().start()
+        url = anvil.url
+    elif not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--chain {opts.chain}: 'ledger', 'anvil' or an http(s) JSON-RPC URL")
+    try:
+        swarm = deploy(workdir / SWARM_FILE, url, client)
+    except ConfigError:
+        if anvil is not None:
+            anvil.stop()
+        raise
+    console.say("registry_deployed", f"== CheckpointRegistry {swarm.chain.registry} deployed on {url} "
+                f"(chain {swarm.chain.chain_id})", registry=swarm.chain.registry, rpc=url)
+    return swarm, anvil
+
+
+def _wait_anchored_and_verify(console: Console, swarm: SwarmConfig, data_dir: Path, peers: list[PeerProcess],
+                              agreements: Agreements, names: list[str], ids: list[str]) -> bool:
+    """Wait for every complete checkpoint to land, then verify each motion as a stranger would."""
+    from agents.anchoring import open_anchor  # noqa: PLC0415
+    from agents.storage import PeerStore  # noqa: PLC0415
+    from agents.verify import verify  # noqa: PLC0415
+
+    _, heights = agreements.chains_agree(names)
+    complete = heights // swarm.params.checkpoint_interval
+    if complete:
+        console.say("anchoring", f"== waiting for {complete} checkpoint(s) to be anchored "
+                    f"(every {swarm.params.checkpoint_interval} heights)")
+        peers[0].wait_for(lambda evs: sum(e["event"] == "checkpoint_anchored" for e in evs) >= complete,
+                          ANCHOR_TIMEOUT, f"{complete} checkpoints anchored")
+        for e in peers[0].named("checkpoint_anchored")[:complete]:
+            console.say("checkpoint", f"  {e['msg']}", number=e["number"])
+    anchor = open_anchor(swarm, None, "demo", create=False)
+    store = PeerStore.open_readonly(data_dir)
+    try:
+        verdicts = [verify(swarm, store.decisions, m, anchor) for m in ids]
+    finally:
+        store.close()
+    valid = sum(v.valid for v in verdicts)
+    pending = sum(v.reason == "not_yet_anchored" for v in verdicts)
+    bad = [v for v in verdicts if not v.valid and v.reason != "not_yet_anchored"]
+    console.say("verified", f"== conclave verify: {valid}/{len(ids)} motions VALID against {anchor.name}"
+                + (f", {pending} in a checkpoint not complete yet" if pending else "")
+                + (f", {len(bad)} INVALID: {bad[0].describe()}" if bad else ""),
+                valid=valid, pending=pending, invalid=len(bad))
+    return not bad
 
 
 def _wait_started(console: Console, peers: list[PeerProcess], names: list[str]) -> None:
@@ -231,9 +304,8 @@ def _wait_started(console: Console, peers: list[PeerProcess], names: list[str]) 
 
 
 def _wait_resolved(console: Console, agreements: Agreements, names: list[str], ids: list[str],
-                   motions: list[Motion]) -> bool:
+                   motions: list[Motion], start: float) -> bool:
     budget = 60.0 + 30.0 * len(ids)  # inference on a shared CPU dominates
-    start = time.monotonic()
     last_report = start
     while True:
         done = agreements.resolved_everywhere(names, ids)
