@@ -135,11 +135,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except AnchorError as exc:
         anchor = _Unreachable(str(exc))
     if args.data:
-        from agents.storage import PeerStore
+        from agents.storage import PeerStore, StoreError
+        from agents.verify import Verdict
 
         store = PeerStore.open_readonly(Path(args.data))
         try:
             verdict = verify(swarm, store.decisions, target, anchor, proof)
+        except StoreError as exc:
+            # The store checks each row as it reads it: a decision whose block no longer
+            # matches its hash or its certificate was altered after it was certified.
+            verdict = Verdict(False, "certificate_invalid", f"a stored decision does not match its certificate: {exc}")
         finally:
             store.close()
     else:

@@ -140,8 +140,9 @@ def _prepare(opts: DemoOptions, workdir: Path) -> SwarmConfig:
             if read_key_file(workdir / f"{v.name}.key").public_key != v.public_key:
                 raise ConfigError(f"{workdir / (v.name + '.key')}: not the key of validator {v.name}")
         return swarm
-    return init_swarm(workdir, opts.validators, "demo", free_tcp_ports(opts.validators),
-                      params=Params(checkpoint_interval=DEMO_CHECKPOINT_INTERVAL))
+    init_swarm(workdir, opts.validators, "demo", free_tcp_ports(opts.validators),
+               params=Params(checkpoint_interval=DEMO_CHECKPOINT_INTERVAL))
+    return load_swarm_file(swarm_file)  # as the peers will read it (paths beside the file)
 
 
 def _submit(swarm: SwarmConfig, client: Identity, motions: list[Motion]) -> list[str]:
