@@ -42,6 +42,7 @@ integration: setup
 bench: setup
 	$(BIN)/python bench/bench_consensus.py
 	$(BIN)/python bench/bench_ballot.py
+	$(BIN)/python bench/bench_anchor.py
 
 clean:
 	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .hypothesis
