@@ -138,3 +138,24 @@ def test_a_dead_designated_submitter_is_replaced_by_the_next_in_line(anchored) -
     assert events["v2"]["submitted_by_us"] and not events["v3"]["submitted_by_us"]
     registry = EvmRegistry(Web3(Web3.HTTPProvider(node.url)), swarm.cfg.chain.registry)
     assert registry.get(1).submitter == load_swarm_file(swarm.file).validators[1].chain_address  # v2
+
+
+def test_conclave_chain_deploy_records_a_registry_for_this_swarm(tmp_path: Path) -> None:
+    init_swarm(tmp_path, 4, "deploy", free_tcp_ports(4))
+    key = tmp_path / "payer.key"
+    write_key_file(key, Identity.generate())
+    before = load_swarm_file(tmp_path / "swarm.toml")
+    with Anvil() as node:
+        res = run_conclave("chain", "deploy", "--swarm", str(tmp_path / "swarm.toml"), "--rpc", node.url,
+                           "--key", str(key), timeout=120)
+        assert res.returncode == 0, res.stderr
+        after = load_swarm_file(tmp_path / "swarm.toml")
+        assert after.swarm_id == before.swarm_id  # [chain] is not part of the genesis
+        assert (after.chain.kind, after.chain.rpc, after.chain.chain_id) == ("evm", node.url, node.chain_id)
+        registry = EvmRegistry(Web3(Web3.HTTPProvider(node.url)), after.chain.registry)
+        assert registry.swarm_id() == before.swarm_id
+        assert registry.contract.functions.validators().call() == [v.chain_address for v in before.validators]
+        assert after.chain.registry in res.stdout
+    res = run_conclave("chain", "deploy", "--swarm", str(tmp_path / "swarm.toml"), "--rpc", node.url,
+                       "--key", str(key), timeout=60)
+    assert res.returncode == 2 and "no EVM node answers" in res.stderr  # anvil is gone
