@@ -27,7 +27,7 @@ from agents.grammar import MAX_REASON_CHARS, check_reason, grammar_sha256, optio
 from agents.prompt import DEFAULT_PERSONA, PROMPT_TEMPLATE_VERSION, persona_sha256
 from p2p.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from p2p.keys import Identity
-from p2p.messages import MAX_OPTION_LEN, MAX_OPTIONS
+from p2p.messages import MAX_OPTION_LEN, MAX_OPTIONS, NO_SUPERMAJORITY
 
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(1, 33)))
@@ -128,7 +128,7 @@ def test_bit_flip_in_signature_is_detected():
 
 # --- round trips ----------------------------------------------------------------------
 
-option_items = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o)
+option_items = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o and o != NO_SUPERMAJORITY)
 reasons = st.text(min_size=1, max_size=MAX_REASON_CHARS).filter(lambda r: check_reason(r) is None)
 
 

@@ -34,7 +34,7 @@ def assert_bad_payload(decode, data: bytes) -> None:
 
 
 motion_texts = st.text(min_size=1, max_size=MAX_MOTION_TEXT).filter(lambda t: t.strip())
-options_item = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o)
+options_item = st.text(min_size=1, max_size=MAX_OPTION_LEN).filter(lambda o: o.strip() == o and o and o != NO_SUPERMAJORITY)
 motion_options = st.lists(options_item, min_size=2, max_size=MAX_OPTIONS, unique=True).map(tuple)
 
 
@@ -97,9 +97,17 @@ def test_senders_table_covers_every_type_and_only_motions_are_open_to_clients():
     assert [t for t, who in SENDERS.items() if who is Senders.ANYONE] == [MessageType.MOTION]
 
 
-def test_this_package_decodes_all_but_the_ballot_types():
-    # Commitments and reveals are decoded by the agents' gate (agents.peer.PeerGate).
-    assert set(MessageType) - set(DECODERS) == {MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL}
+def test_this_package_decodes_all_but_the_agents_types():
+    # Commitments, reveals and checkpoint signatures are decoded by the agents' gate
+    # (agents.peer.PeerGate), which knows those payloads.
+    assert set(MessageType) - set(DECODERS) == {
+        MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL, MessageType.CHECKPOINT_SIGNATURE}
+
+
+def test_the_peer_gate_decodes_every_type():
+    from agents.peer import PEER_DECODERS
+
+    assert set(PEER_DECODERS) == set(MessageType) == set(SENDERS)
 
 
 @pytest.mark.parametrize("mtype", [MessageType.PROPOSAL, MessageType.VOTE])

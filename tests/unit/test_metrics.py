@@ -74,7 +74,8 @@ def test_every_known_label_starts_at_zero_and_registries_are_separate() -> None:
     assert {t for (name, labels) in got if name == "conclave_messages_in_total" for _, t in labels} == set(
         MESSAGE_TYPES
     )
-    assert set(MESSAGE_TYPES) == {"motion", "status", "proposal", "vote", "ballot_commit", "ballot_reveal"}
+    assert set(MESSAGE_TYPES) == {"motion", "status", "proposal", "vote", "ballot_commit", "ballot_reveal",
+                                  "checkpoint_signature"}
     assert all(v == 0 for (name, _), v in got.items() if name.endswith("_total"))
     assert got[("conclave_height", ())] == 0
     assert got[("conclave_rejections_total", (("reason", "replay"),))] == 0

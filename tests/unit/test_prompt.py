@@ -24,7 +24,7 @@ from agents.prompt import (
     persona_sha256,
 )
 from p2p.errors import ConfigError, LocalProtocolError
-from p2p.messages import MAX_MOTION_TEXT, MAX_OPTION_LEN, MAX_OPTIONS
+from p2p.messages import MAX_MOTION_TEXT, MAX_OPTION_LEN, MAX_OPTIONS, NO_SUPERMAJORITY
 
 OPTIONS = ("approve", "reject")
 DANGER = ["<motion>", "</motion>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<filename>", "<", "|", ">",
@@ -36,7 +36,7 @@ motion_texts = st.one_of(
     st.text(min_size=1, max_size=300),
 ).filter(lambda t: t.strip() and len(t) <= MAX_MOTION_TEXT)
 option_items = st.one_of(st.sampled_from(DANGER), st.text(min_size=1, max_size=MAX_OPTION_LEN)).filter(
-    lambda o: o.strip() == o and o and len(o) <= MAX_OPTION_LEN)
+    lambda o: o.strip() == o and o and len(o) <= MAX_OPTION_LEN and o != NO_SUPERMAJORITY)
 options_lists = st.lists(option_items, min_size=2, max_size=MAX_OPTIONS, unique=True).map(tuple)
 
 
