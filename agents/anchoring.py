@@ -189,23 +189,29 @@ class CheckpointService:
                 continue
             p = self.pending.setdefault(number, Pending())
             p.checkpoint = cp
-            try:
-                p.digest = await self._call(self.anchor.digest, cp)
-            except (AnchorError, trio.TooSlowError) as exc:
-                emit(log, "anchor_unavailable", f"checkpoint {number}: cannot reach the anchor ({exc})",
-                     logging.WARNING, number=number, error=str(exc))
-                continue
-            if self.member is not None:
-                sig = sign_digest(self.identity.seed, p.digest)
-                p.signatures[self.member.chain_address] = sig
-                await self._send_signature(p)
-                emit(log, "checkpoint_signed", f"CHECKPOINT {number} signed: heights {first}..{last}, "
-                     f"root {cp.root.hex()[:16]}", number=number, first_height=first, last_height=last,
-                     root=cp.root.hex())
-            for sender, early in p.early:
-                self._add(number, p, sender, early)
-            p.early.clear()
-            self._check_quorum(number, p)
+            await self._sign(number, p)
+
+    async def _sign(self, number: int, p: Pending) -> None:
+        """Our signature of checkpoint ``number`` (needs the anchor's digest, which for a
+        chain needs its id: a chain that is down now is asked again on the next tick)."""
+        cp = p.checkpoint
+        try:
+            p.digest = await self._call(self.anchor.digest, cp)
+        except (AnchorError, trio.TooSlowError) as exc:
+            emit(log, "anchor_unavailable", f"checkpoint {number}: cannot reach the anchor ({exc})",
+                 logging.WARNING, number=number, error=str(exc))
+            return
+        if self.member is not None:
+            sig = sign_digest(self.identity.seed, p.digest)
+            p.signatures[self.member.chain_address] = sig
+            await self._send_signature(p)
+            emit(log, "checkpoint_signed", f"CHECKPOINT {number} signed: heights {cp.first_height}.."
+                 f"{cp.last_height}, root {cp.root.hex()[:16]}", number=number, first_height=cp.first_height,
+                 last_height=cp.last_height, root=cp.root.hex())
+        for sender, early in p.early:
+            self._add(number, p, sender, early)
+        p.early.clear()
+        self._check_quorum(number, p)
 
     async def _send_signature(self, p: Pending) -> None:
         p.sent_at = self._clock()
@@ -217,7 +223,7 @@ class CheckpointService:
         if number <= self.anchored:
             return
         p = self.pending.get(number)
-        if p is None or p.checkpoint is None:
+        if p is None or p.checkpoint is None or p.digest is None:
             ahead = number - (self.computed.number if self.computed else 0)
             if 0 < ahead <= MAX_FUTURE_CHECKPOINTS:
                 p = self.pending.setdefault(number, Pending())
@@ -256,8 +262,10 @@ class CheckpointService:
         if now >= self._next_poll:
             self._next_poll = now + POLL_EVERY_S
             await self._observe()
-        for p in self.pending.values():
-            if p.sent_at is not None and now - p.sent_at >= RESEND_EVERY_S:
+        for number, p in list(self.pending.items()):
+            if p.checkpoint is not None and p.digest is None:
+                await self._sign(number, p)  # the anchor was unreachable when it was due
+            elif p.sent_at is not None and now - p.sent_at >= RESEND_EVERY_S:
                 await self._send_signature(p)
         for number in sorted(self.pending):
             if number != self.anchored + 1:

@@ -189,3 +189,23 @@ async def test_nothing_is_signed_before_a_checkpoint_is_complete(height) -> None
     s = service(0, FakeAnchor(), Clock(), sent)
     await s.decided(height)
     assert sent == [] and s.computed is None
+
+
+async def test_a_checkpoint_due_while_the_chain_is_down_is_signed_once_it_is_back() -> None:
+    anchor, clock = FakeAnchor(), Clock()
+    down = {"yes": True}
+    real_digest = anchor.digest
+
+    def digest(cp):
+        if down["yes"]:
+            raise ChainUnavailable("no route to host")
+        return real_digest(cp)
+
+    anchor.digest = digest
+    sent: list = []
+    s = service(0, anchor, clock, sent)
+    await s.decided(K)
+    assert sent == []
+    down["yes"] = False
+    await s.tick()
+    assert [m.checkpoint.number for _, m in sent] == [1]
