@@ -72,6 +72,7 @@ class LedgerClient:
         if self.ledger.swarm_id != swarm.swarm_id:
             raise ConfigError(f"{path}: a ledger of another swarm")
         self.name, self.submitter = f"ledger {path}", submitter
+        self.unit = "line"  # where a checkpoint lands
 
     def digest(self, checkpoint: Checkpoint) -> bytes:
         return self.ledger.digest(checkpoint)
@@ -101,6 +102,7 @@ class EvmClient:
         self.registry = EvmRegistry(w3, c.registry)
         self.key = key
         self.name = f"registry {c.registry} at {c.rpc}"
+        self.unit = "block"
 
     def digest(self, checkpoint: Checkpoint) -> bytes:
         return self.registry.digest(checkpoint)
@@ -332,7 +334,7 @@ class CheckpointService:
         elif "line" in where:
             how = f"line {where['line']} (record {where['record_hash'][:16]})"
         else:
-            how = f"at {where.get('anchored_at')}, submitted by {where.get('submitter')}"
+            how = f"{getattr(self.anchor, 'unit', 'at')} {where.get('anchored_at')}, submitted by {where.get('submitter')}"
         emit(log, "checkpoint_anchored", f"ANCHORED checkpoint {number} (heights {first}..{last}, root {root[:16]}) "
              f"on {self.anchor.name}: {how}", number=number, first_height=first, last_height=last, root=root,
              submitted_by_us=evidence is not None, **where)
