@@ -26,10 +26,9 @@ import trio
 from agents.checkpoint_signature import CheckpointSignature
 from agents.logs import emit
 from agents.storage import PeerStore
+from agents.valset import consensus_valset
 from consensus.anchor.evm import AnchorError, AnchorRejected, Anchored, ChainUnavailable
 from consensus.checkpoint import Checkpoint, checkpoint_for
-from consensus.types import Validator as ConsensusValidator
-from consensus.types import ValidatorSet
 from p2p.chainkeys import chain_private_key, recover_address, sign_digest
 from p2p.envelope import MessageType
 from p2p.errors import ConfigError
@@ -160,8 +159,7 @@ class CheckpointService:
         self.index = next((i for i, v in enumerate(swarm.validators) if v.public_key == identity.public_key), None)
         self.power = {v.chain_address: v.power for v in swarm.validators}
         self.total = swarm.total_power
-        self.valset_hash = ValidatorSet(tuple(ConsensusValidator(v.public_key, v.power)
-                                              for v in swarm.validators)).hash()
+        self.valset_hash = consensus_valset(swarm).hash()
         self.pending: dict[int, Pending] = {}
         self.computed: Checkpoint | None = None  # the last checkpoint we computed
         self.anchored = 0  # highest number known to be anchored

@@ -39,6 +39,7 @@ from agents.naming import describe_sender, short
 from agents.motion_pool import Admission, BallotVerdict, MotionPool
 from agents.resolution import NO_SUPERMAJORITY, decode_payload, describe_tally, encode_payload, check_payload
 from agents.storage import PeerStore, PendingMotionsFull
+from agents.valset import consensus_valset
 from consensus.core import Core, Timeouts
 from consensus.errors import RemoteProtocolError as ConsensusRemoteError
 from consensus.events import (
@@ -58,7 +59,7 @@ from consensus.events import (
 )
 from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyRules, SafetyState
-from consensus.types import Block, SignedProposal, SignedVote, Step, Validator, ValidatorSet
+from consensus.types import Block, Step
 from p2p.envelope import Envelope, MessageType, decode_envelope
 from p2p.errors import LocalProtocolError, RemoteProtocolError
 from p2p.keys import Identity
@@ -128,10 +129,6 @@ class NodeStats:
     agreements: int = 0
     ballots: dict = field(default_factory=dict)  # BallotVerdict -> count
     rejected_consensus: int = 0
-
-
-def consensus_valset(swarm: SwarmConfig) -> ValidatorSet:
-    return ValidatorSet(tuple(Validator(v.public_key, v.power) for v in swarm.validators))
 
 
 def timeouts_of(swarm: SwarmConfig) -> Timeouts:

@@ -10,15 +10,12 @@ at debug level, and never escapes the receive path.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import trio
 
 from agents import __version__
 from agents.logs import emit
-from agents.naming import describe_sender, short  # noqa: F401 (re-exported)
 from agents.checkpoint_signature import CheckpointSignature
 from agents.commitment import Commitment, Reveal
 from agents.metrics import PeerMetrics
@@ -26,9 +23,9 @@ from agents.catchup import Fetch
 from agents.node import AgentNode, Deliberator, serve_node
 from agents.storage import PeerStore
 from p2p.envelope import Envelope, MessageType
-from p2p.errors import LocalProtocolError, RemoteProtocolError
+from p2p.errors import RemoteProtocolError
 from p2p.keys import Identity
-from p2p.messages import DECODERS, Motion, Status
+from p2p.messages import DECODERS, Status
 from p2p.net import SwarmNetwork
 from p2p.swarmfile import SwarmConfig
 from p2p.validation import Accepted, MessageValidator

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from agents.run import parse_bootstrap
+from agents.run import parse_bootstrap, wait_until
 from agents.storage import Decision
 from consensus.qc import QuorumCertificate
 from consensus.types import Block
@@ -27,8 +27,7 @@ async def fetch_all(swarm: SwarmConfig, addr: str, timeout: float) -> list[Decis
     async with trio.open_nursery() as nursery:
         net = await nursery.start(run_libp2p_network, cfg)
         with trio.move_on_after(timeout):
-            while target.peer_id not in net.connected_peers():
-                await trio.sleep(0.05)  # libp2p gives no event for "connected" here; bounded
+            await wait_until(lambda: target.peer_id in net.connected_peers())
         if target.peer_id not in net.connected_peers():
             nursery.cancel_scope.cancel()
             raise ConfigError(f"--from {addr}: not reachable within {timeout}s")

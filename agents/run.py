@@ -206,12 +206,12 @@ async def propose_many(swarm: SwarmConfig, identity: Identity, motions: list[Mot
         # One subscribed peer is enough (gossip relays the rest), but give the others a
         # short grace so that the motions leave on as many links as possible.
         with trio.move_on_after(timeout):
-            await _wait_until(lambda: bool(net.topic_peers()))
+            await wait_until(lambda: bool(net.topic_peers()))
         if not net.topic_peers():
             nursery.cancel_scope.cancel()
             raise ConfigError(f"no swarm peer reachable within {timeout}s (dialled {len(wanted)})")
         with trio.move_on_after(PROPOSE_GRACE):
-            await _wait_until(lambda: wanted <= net.topic_peers())
+            await wait_until(lambda: wanted <= net.topic_peers())
         outbox = Outbox(swarm, identity, net, time.time_ns())
         ids = []
         for i, motion in enumerate(motions):
@@ -227,7 +227,7 @@ async def propose_many(swarm: SwarmConfig, identity: Identity, motions: list[Mot
     return {"motion_ids": ids, "peers": len(reached)}
 
 
-async def _wait_until(predicate, poll: float = 0.02) -> None:
+async def wait_until(predicate, poll: float = 0.02) -> None:
     # libp2p exposes no event for "peer subscribed": poll its state (callers bound it).
     while not predicate():
         await trio.sleep(poll)

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 
 from agents.resolution import decode_payload
 from agents.storage import Decision
+from agents.valset import consensus_valset
 from consensus.anchor.evm import AnchorError
 from consensus.merkle import InclusionProof, inclusion_proof, merkle_root, verify_inclusion
 from consensus.qc import QuorumCertificate
-from consensus.types import Block, ValidatorSet
-from consensus.types import Validator as ConsensusValidator
-from consensus.types import VoteType
+from consensus.types import Block, VoteType
 from p2p.errors import RemoteProtocolError
 from p2p.swarmfile import SwarmConfig
 
@@ -59,10 +58,6 @@ def _invalid(reason: str, detail: str, **evidence) -> Verdict:
     return Verdict(False, reason, detail, evidence)
 
 
-def valset_of(swarm: SwarmConfig) -> ValidatorSet:
-    return ValidatorSet(tuple(ConsensusValidator(v.public_key, v.power) for v in swarm.validators))
-
-
 def find(read: DecisionReader, target: str, batch: int = 64) -> Decision | None:
     """The decision at height ``target`` (digits), or the one resolving motion ``target``
     (hex id, or a prefix of at least 8 hex digits)."""
@@ -91,7 +86,7 @@ def check_certificate(swarm: SwarmConfig, d: Decision) -> str | None:
         return "the certificate is not for this block at this height"
     if d.block.height != d.height:
         return f"the block says height {d.block.height}, stored at {d.height}"
-    return qc.verify(valset_of(swarm), swarm.swarm_id)
+    return qc.verify(consensus_valset(swarm), swarm.swarm_id)
 
 
 def check_inclusion(anchored_root: bytes, block_hash: bytes, proof: InclusionProof) -> bool:
@@ -113,7 +108,7 @@ def verify(swarm: SwarmConfig, read: DecisionReader, target: str, anchor, proof:
     if problem:
         return _invalid("certificate_invalid", problem, **base)
     signers = d.certificate.indices()
-    base["certificate"] = f"{valset_of(swarm).power_of(set(signers))}/{swarm.total_power} of the power " \
+    base["certificate"] = f"{consensus_valset(swarm).power_of(set(signers))}/{swarm.total_power} of the power " \
                           f"({', '.join(swarm.validators[i].name for i in signers)})"
     k = swarm.params.checkpoint_interval
     number = (d.height - 1) // k + 1
@@ -140,7 +135,7 @@ def verify(swarm: SwarmConfig, read: DecisionReader, target: str, anchor, proof:
     if (record.first_height, record.last_height) != (first, last):
         return _invalid("wrong_anchor", f"the anchored checkpoint covers {record.first_height}.."
                         f"{record.last_height}, not {first}..{last}", **evidence)
-    if record.validator_set_hash != valset_of(swarm).hash():
+    if record.validator_set_hash != consensus_valset(swarm).hash():
         return _invalid("wrong_anchor", "the anchored checkpoint names another validator set", **evidence)
     hashes = [b.hash for b in blocks]
     if merkle_root(hashes) != record.root:

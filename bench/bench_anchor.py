@@ -29,7 +29,8 @@ from web3 import Web3  # noqa: E402
 
 from agents.anchoring import EvmClient, LedgerClient  # noqa: E402
 from agents.storage import Decision  # noqa: E402
-from agents.verify import valset_of, verify  # noqa: E402
+from agents.valset import consensus_valset  # noqa: E402
+from agents.verify import verify  # noqa: E402
 from consensus.anchor.anvil import Anvil  # noqa: E402
 from consensus.anchor.evm import EvmRegistry  # noqa: E402
 from consensus.checkpoint import checkpoint_for  # noqa: E402
@@ -67,7 +68,7 @@ def gas_and_latency(w3: Web3, n: int, checkpoints: int, payer: bytes) -> dict:
     gas, latency, prev = [], [], None
     for number in range(1, checkpoints + 1):
         blocks = [hashlib.sha256(b"%d %d" % (number, i)).digest() for i in range(K)]
-        cp = checkpoint_for(swarm.swarm_id, number, blocks, (number - 1) * K + 1, valset_of(swarm).hash(), prev)
+        cp = checkpoint_for(swarm.swarm_id, number, blocks, (number - 1) * K + 1, consensus_valset(swarm).hash(), prev)
         d = reg.digest(cp)
         sigs = [sign_digest(s, d) for s in seeds[: quorum(n)]]
         start = time.perf_counter()
@@ -96,7 +97,7 @@ def chain_of(swarm: SwarmConfig, seeds: list[bytes], heights: int) -> list[Decis
 
 
 def verify_time(anchor, swarm: SwarmConfig, seeds: list[bytes], decisions: list[Decision], rounds: int) -> float:
-    cp = checkpoint_for(swarm.swarm_id, 1, [d.block.hash for d in decisions[:K]], 1, valset_of(swarm).hash(), None)
+    cp = checkpoint_for(swarm.swarm_id, 1, [d.block.hash for d in decisions[:K]], 1, consensus_valset(swarm).hash(), None)
     anchor.submit(cp, [sign_digest(s, anchor.digest(cp)) for s in seeds[: quorum(len(seeds))]])
     read = lambda a, b: [d for d in decisions if a <= d.height <= b]  # noqa: E731
     times = []

@@ -24,7 +24,7 @@ from agents.procs import PeerProcess, free_tcp_ports, run_conclave
 from agents.run import dial_targets, propose_many
 from consensus.evidence import find_equivocations
 from consensus.types import SignedVote
-from agents.node import consensus_valset
+from agents.valset import consensus_valset
 from p2p.keys import Identity, write_key_file
 from p2p.messages import Motion
 from tests.integration.conftest import Swarm, wait_joined

@@ -29,7 +29,7 @@ from consensus.types import Block
 from p2p.keys import Identity, write_key_file
 from p2p.messages import Motion
 from p2p.swarmfile import Params, load_swarm_file
-from tests.integration.conftest import Swarm, wait_joined
+from tests.integration.conftest import Swarm
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import pytest
 
 from agents.anchoring import LedgerClient
 from agents.storage import Decision
-from agents.verify import valset_of, verify
+from agents.valset import consensus_valset
+from agents.verify import verify
 from consensus.anchor.evm import ChainUnavailable
 from consensus.checkpoint import checkpoint_for
 from consensus.merkle import InclusionProof
@@ -54,7 +55,7 @@ def reader(decisions: list[Decision]):
 
 
 def anchor_first(swarm: SwarmConfig, decisions: list[Decision], valset_hash: bytes | None = None) -> LedgerClient:
-    valset_hash = valset_hash or valset_of(swarm).hash()
+    valset_hash = valset_hash or consensus_valset(swarm).hash()
     ledger = LedgerClient(swarm.ledger_path(), swarm, "v0")
     cp = checkpoint_for(swarm.swarm_id, 1, [d.block.hash for d in decisions[:K]], 1, valset_hash, None)
     ledger.submit(cp, [sign_digest(s, ledger.digest(cp)) for s in SEEDS[:3]])
