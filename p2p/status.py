@@ -27,7 +27,6 @@ provider must not put secrets in it.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 from collections.abc import Callable
@@ -38,11 +37,21 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
-from p2p.errors import LocalProtocolError, RejectReason, RemoteProtocolError
+from p2p.errors import LocalProtocolError
 
 # The framing is shared with the catch-up protocol rather than copied (see the report
 # on making these public in p2p.sync).
-from p2p.sync import _PREFIX, _frame, _host_of, _read_frame, _Refused, _TooLarge, _unpack
+from p2p.reqresp import (
+    FRAME_PREFIX,
+    FrameTooLarge,
+    RequestError,
+    RequestFailure,
+    RequestRefused,
+    encode_frame,
+    host_of,
+    read_frame,
+    unpack_body,
+)
 
 log = logging.getLogger("conclave.p2p.status")
 
@@ -59,27 +68,11 @@ MAX_ERROR_CHARS = 200
 StatusProvider = Callable[[], dict]
 
 
-class StatusFailure(enum.StrEnum):
-    TIMEOUT = "timeout"  # no complete answer in time
-    UNREACHABLE = "unreachable"  # could not open a stream: not connected, dial failed
-    UNSUPPORTED = "unsupported"  # connected, but the peer does not speak the status protocol
-    TOO_LARGE = "too_large"  # a length prefix above the limit
-    MALFORMED = "malformed"  # not msgpack, or not {"status": {str: ...}} / {"error": str}
-    REMOTE_ERROR = "remote_error"  # the peer answered {"error": ...}
-    CLOSED = "closed"  # the stream ended or was reset mid-message
+StatusFailure = RequestFailure  # the names this module has always offered
 
 
-_REJECT = {StatusFailure.TOO_LARGE: RejectReason.TOO_LARGE}
-
-
-class StatusError(RemoteProtocolError):
+class StatusError(RequestError):
     """A status request to a peer failed. ``kind`` says how; ``peer`` names the peer."""
-
-    def __init__(self, kind: StatusFailure, detail: str, peer: str | None = None) -> None:
-        super().__init__(_REJECT.get(kind, RejectReason.BAD_PAYLOAD), detail)
-        self.args = (f"{kind.value}: {detail}" + (f" (peer {peer})" if peer else ""),)
-        self.kind = kind
-        self.peer = peer
 
 
 @dataclass(slots=True)
@@ -101,13 +94,13 @@ def _check_swarm_id(swarm_id: object) -> bytes:
 
 def _parse_request(body: bytes, swarm_id: bytes) -> None:
     try:
-        doc = _unpack(body)
+        doc = unpack_body(body)
     except Exception:  # msgpack raises many unrelated types on garbage
-        raise _Refused("undecodable") from None
+        raise RequestRefused("undecodable") from None
     if not isinstance(doc, dict) or set(doc) != {"swarm"} or not isinstance(doc["swarm"], bytes):
-        raise _Refused("bad_request")
+        raise RequestRefused("bad_request")
     if doc["swarm"] != swarm_id:
-        raise _Refused("wrong_swarm")
+        raise RequestRefused("wrong_swarm")
 
 
 def status_frame(status: object) -> bytes:
@@ -118,14 +111,14 @@ def status_frame(status: object) -> bytes:
     if not isinstance(status, dict) or not all(isinstance(k, str) for k in status):
         raise LocalProtocolError(f"a status must be a dict with str keys, got {type(status).__name__}")
     try:
-        frame = _frame({"status": status})
+        frame = encode_frame({"status": status})
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"status does not pack to msgpack: {exc}") from None
-    body = frame[_PREFIX.size :]
+    body = frame[FRAME_PREFIX.size :]
     if len(body) - _WRAPPER_BYTES > MAX_STATUS_BYTES:
         raise LocalProtocolError(f"status packs to {len(body) - _WRAPPER_BYTES} bytes; the limit is {MAX_STATUS_BYTES}")
     try:
-        _unpack(body)  # what a client does: strict map keys, no ext types
+        unpack_body(body)  # what a client does: strict map keys, no ext types
     except Exception as exc:  # msgpack's error types vary
         raise LocalProtocolError(f"status would not decode on a client: {exc}") from None
     return frame
@@ -146,7 +139,7 @@ async def serve_status(
     ``task_status``. A bad request gets an error answer (or, when none can be written,
     a closed stream) and is counted; it never reaches the host's tasks."""
     swarm_id = _check_swarm_id(swarm_id)
-    host = _host_of(net_or_host)
+    host = host_of(net_or_host)
     stats = stats if stats is not None else StatusStats()
     slots = trio.Semaphore(MAX_CONCURRENT)
 
@@ -167,29 +160,29 @@ async def serve_status(
                 slots.acquire_nowait()
             except trio.WouldBlock:
                 stats.busy += 1
-                await answer(stream, _frame({"error": "busy"}))
+                await answer(stream, encode_frame({"error": "busy"}))
                 return
             try:
                 with trio.fail_after(read_timeout):
                     try:
-                        body = await _read_frame(stream, MAX_REQUEST_BYTES)
-                    except _TooLarge:
-                        raise _Refused("too_large") from None
+                        body = await read_frame(stream, MAX_REQUEST_BYTES)
+                    except FrameTooLarge:
+                        raise RequestRefused("too_large") from None
                 _parse_request(body, swarm_id)
                 frame = current_status()
                 if frame is None:
                     stats.failed += 1
-                    await answer(stream, _frame({"error": "unavailable"}))
+                    await answer(stream, encode_frame({"error": "unavailable"}))
                 else:
                     await answer(stream, frame)
                     stats.served += 1
             finally:
                 slots.release()
-        except _Refused as refused:
+        except RequestRefused as refused:
             stats.refused += 1
             log.debug("status request refused: %s", refused.reason)
             try:
-                await answer(stream, _frame({"error": refused.reason}))
+                await answer(stream, encode_frame({"error": refused.reason}))
             except Exception:  # the asker is gone: nothing more to tell it
                 pass
         except trio.TooSlowError:
@@ -221,7 +214,7 @@ async def serve_status(
 
 def _parse_response(body: bytes, peer: str) -> dict:
     try:
-        doc = _unpack(body)
+        doc = unpack_body(body)
     except Exception:  # msgpack raises many unrelated types on garbage
         raise StatusError(StatusFailure.MALFORMED, "response is not msgpack", peer) from None
     if isinstance(doc, dict) and set(doc) == {"error"} and isinstance(doc["error"], str):
@@ -258,8 +251,8 @@ async def fetch_status(net, peer_id: str, swarm_id: bytes, timeout: float = READ
         peer = ID.from_base58(peer_id)
     except Exception:  # base58 and multihash raise assorted types
         raise LocalProtocolError(f"not a peer id: {peer_id!r:.80}") from None
-    request = _frame({"swarm": swarm_id})
-    host = _host_of(net)
+    request = encode_frame({"swarm": swarm_id})
+    host = host_of(net)
     stream = None
     try:
         with trio.fail_after(timeout):
@@ -275,8 +268,8 @@ async def fetch_status(net, peer_id: str, swarm_id: bytes, timeout: float = READ
                 raise StatusError(kind, detail, peer_id) from None
             try:
                 await stream.write(request)
-                body = await _read_frame(stream, MAX_RESPONSE_BYTES)
-            except _TooLarge as big:
+                body = await read_frame(stream, MAX_RESPONSE_BYTES)
+            except FrameTooLarge as big:
                 raise StatusError(StatusFailure.TOO_LARGE, f"response of {big.args[0]} bytes", peer_id) from None
             except Exception as exc:  # EOF, reset, closed: libp2p's types vary
                 raise StatusError(StatusFailure.CLOSED, f"{type(exc).__name__}: {exc}", peer_id) from None

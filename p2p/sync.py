@@ -21,18 +21,26 @@ answered so the caller can try another one if verification fails.
 
 from __future__ import annotations
 
-import enum
 import logging
-import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-import msgpack
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from p2p.errors import LocalProtocolError, RejectReason, RemoteProtocolError
+from p2p.errors import LocalProtocolError
+from p2p.reqresp import (
+    FRAME_PREFIX,
+    FrameTooLarge,
+    RequestError,
+    RequestFailure,
+    RequestRefused,
+    encode_frame,
+    host_of,
+    read_frame,
+    unpack_body,
+)
 
 log = logging.getLogger("conclave.p2p.sync")
 
@@ -42,32 +50,16 @@ MAX_REQUEST_BYTES = 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 READ_TIMEOUT = 10.0
 MAX_CONCURRENT = 16  # requests served at once; more are answered "busy"
-_PREFIX = struct.Struct(">I")
 
 Decision = tuple[int, bytes, bytes]  # height, block bytes, certificate bytes
 Provider = Callable[[int, int], Awaitable[list[Decision]]]
 
 
-class SyncFailure(enum.StrEnum):
-    TIMEOUT = "timeout"  # no complete answer in time
-    UNREACHABLE = "unreachable"  # could not open a stream (not connected, protocol not spoken)
-    TOO_LARGE = "too_large"  # a length prefix above the limit
-    MALFORMED = "malformed"  # not msgpack, wrong shape, heights not as requested
-    REMOTE_ERROR = "remote_error"  # the peer answered {"error": ...}
-    CLOSED = "closed"  # the stream ended or was reset mid-message
+SyncFailure = RequestFailure  # the names this module has always offered
 
 
-_REJECT = {SyncFailure.TOO_LARGE: RejectReason.TOO_LARGE, SyncFailure.MALFORMED: RejectReason.BAD_PAYLOAD}
-
-
-class SyncError(RemoteProtocolError):
+class SyncError(RequestError):
     """A sync request to a peer failed. ``kind`` says how; ``peer`` names the peer."""
-
-    def __init__(self, kind: SyncFailure, detail: str, peer: str | None = None) -> None:
-        super().__init__(_REJECT.get(kind, RejectReason.BAD_PAYLOAD), detail)
-        self.args = (f"{kind.value}: {detail}" + (f" (peer {peer})" if peer else ""),)
-        self.kind = kind
-        self.peer = peer
 
 
 @dataclass(slots=True)
@@ -78,55 +70,8 @@ class SyncStats:
     failed: int = 0  # provider errors, timeouts, streams closed before an answer
 
 
-class _Refused(Exception):
-    """A request we answer with ``{"error": reason}``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# -- framing ------------------------------------------------------------------------
-
-
-class _TooLarge(Exception):
-    """A length prefix above the limit; ``args[0]`` is the length."""
-
-
-async def _read_exact(stream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError(f"stream ended after {len(buf)} of {n} bytes")
-        buf.extend(chunk)
-    return bytes(buf)
-
-
-async def _read_frame(stream, limit: int) -> bytes:
-    """One length-prefixed body; raises ``_TooLarge`` before reading a body over ``limit``."""
-    (length,) = _PREFIX.unpack(await _read_exact(stream, _PREFIX.size))
-    if length > limit:
-        raise _TooLarge(length)
-    return await _read_exact(stream, length) if length else b""
-
-
-def _frame(doc: object) -> bytes:
-    body = msgpack.packb(doc, use_bin_type=True)
-    return _PREFIX.pack(len(body)) + body
-
-
-def _unpack(body: bytes) -> object:
-    return msgpack.unpackb(body, raw=False, strict_map_key=True)
-
-
 def _is_height(x: object) -> bool:
     return type(x) is int and x >= 1
-
-
-def _host_of(net_or_host):
-    # A Libp2pNetwork exposes its host; a bare libp2p host is accepted as is.
-    return getattr(net_or_host, "host", net_or_host)
 
 
 # -- server ---------------------------------------------------------------------------
@@ -134,16 +79,16 @@ def _host_of(net_or_host):
 
 def _parse_request(body: bytes, swarm_id: bytes) -> tuple[int, int]:
     try:
-        doc = _unpack(body)
+        doc = unpack_body(body)
     except Exception:  # msgpack raises many unrelated types on garbage
-        raise _Refused("undecodable") from None
+        raise RequestRefused("undecodable") from None
     if not isinstance(doc, dict) or set(doc) != {"swarm", "from", "to"}:
-        raise _Refused("bad_request")
+        raise RequestRefused("bad_request")
     first, last = doc["from"], doc["to"]
     if doc["swarm"] != swarm_id:
-        raise _Refused("wrong_swarm")
+        raise RequestRefused("wrong_swarm")
     if not (_is_height(first) and _is_height(last)) or last < first or last - first + 1 > MAX_BATCH:
-        raise _Refused("bad_range")
+        raise RequestRefused("bad_range")
     return first, last
 
 
@@ -177,13 +122,13 @@ async def serve_sync(
     ``first..last`` in order (fewer past its tip). Hands its ``SyncStats`` to
     ``task_status``. A bad request gets an error answer (or, when no answer can be
     written, a closed stream) and is counted; it never reaches the host's tasks."""
-    host = _host_of(net_or_host)
+    host = host_of(net_or_host)
     stats = stats if stats is not None else SyncStats()
     slots = trio.Semaphore(MAX_CONCURRENT)
 
     async def answer(stream, doc: object) -> None:
         with trio.fail_after(read_timeout):  # a peer that does not read blocks our write
-            await stream.write(_frame(doc))
+            await stream.write(encode_frame(doc))
 
     async def handle(stream) -> None:
         try:
@@ -196,9 +141,9 @@ async def serve_sync(
             try:
                 with trio.fail_after(read_timeout):
                     try:
-                        body = await _read_frame(stream, MAX_REQUEST_BYTES)
-                    except _TooLarge:
-                        raise _Refused("too_large") from None
+                        body = await read_frame(stream, MAX_REQUEST_BYTES)
+                    except FrameTooLarge:
+                        raise RequestRefused("too_large") from None
                     first, last = _parse_request(body, swarm_id)
                 with trio.fail_after(read_timeout):
                     decisions = _fit(await provider(first, last), first, last)
@@ -206,7 +151,7 @@ async def serve_sync(
                 stats.served += 1
             finally:
                 slots.release()
-        except _Refused as refused:
+        except RequestRefused as refused:
             stats.malformed += 1
             log.debug("sync request refused: %s", refused.reason)
             try:
@@ -242,7 +187,7 @@ async def serve_sync(
 
 def _parse_response(body: bytes, first: int, last: int, peer: str) -> list[Decision]:
     try:
-        doc = _unpack(body)
+        doc = unpack_body(body)
     except Exception:
         raise SyncError(SyncFailure.MALFORMED, "response is not msgpack", peer) from None
     if isinstance(doc, dict) and set(doc) == {"error"} and isinstance(doc["error"], str):
@@ -274,10 +219,10 @@ async def fetch_decisions(
     or answers badly. The blocks and certificates are NOT verified here."""
     if not (_is_height(first) and _is_height(last)) or last < first or last - first + 1 > MAX_BATCH:
         raise LocalProtocolError(f"heights {first!r}..{last!r}: need 1 <= from <= to, at most {MAX_BATCH}")
-    request = _frame({"swarm": bytes(swarm_id), "from": first, "to": last})
-    if len(request) - _PREFIX.size > MAX_REQUEST_BYTES:
+    request = encode_frame({"swarm": bytes(swarm_id), "from": first, "to": last})
+    if len(request) - FRAME_PREFIX.size > MAX_REQUEST_BYTES:
         raise LocalProtocolError("sync request too large (swarm id?)")
-    host = _host_of(net)
+    host = host_of(net)
     stream = None
     try:
         with trio.fail_after(timeout):
@@ -287,8 +232,8 @@ async def fetch_decisions(
                 raise SyncError(SyncFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}", peer_id) from None
             try:
                 await stream.write(request)
-                body = await _read_frame(stream, MAX_RESPONSE_BYTES)
-            except _TooLarge as big:
+                body = await read_frame(stream, MAX_RESPONSE_BYTES)
+            except FrameTooLarge as big:
                 raise SyncError(SyncFailure.TOO_LARGE, f"response of {big.args[0]} bytes", peer_id) from None
             except Exception as exc:
                 raise SyncError(SyncFailure.CLOSED, f"{type(exc).__name__}: {exc}", peer_id) from None
