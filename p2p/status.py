@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -47,9 +46,12 @@ from p2p.reqresp import (
     RequestError,
     RequestFailure,
     RequestRefused,
+    RequestUnavailable,
+    ServeStats,
     encode_frame,
     host_of,
     read_frame,
+    serve_requests,
     unpack_body,
 )
 
@@ -75,12 +77,7 @@ class StatusError(RequestError):
     """A status request to a peer failed. ``kind`` says how; ``peer`` names the peer."""
 
 
-@dataclass(slots=True)
-class StatusStats:
-    served: int = 0  # requests answered with a status
-    refused: int = 0  # bad framing, msgpack, fields or swarm id: answered with an error
-    busy: int = 0  # refused because MAX_CONCURRENT requests were in progress
-    failed: int = 0  # provider failures, timeouts, streams closed before an answer
+StatusStats = ServeStats  # served, refused, busy, failed
 
 
 def _check_swarm_id(swarm_id: object) -> bytes:
@@ -139,74 +136,18 @@ async def serve_status(
     ``task_status``. A bad request gets an error answer (or, when none can be written,
     a closed stream) and is counted; it never reaches the host's tasks."""
     swarm_id = _check_swarm_id(swarm_id)
-    host = host_of(net_or_host)
-    stats = stats if stats is not None else StatusStats()
-    slots = trio.Semaphore(MAX_CONCURRENT)
 
-    async def answer(stream, frame: bytes) -> None:
-        with trio.fail_after(read_timeout):  # a peer that does not read blocks our write
-            await stream.write(frame)
-
-    def current_status() -> bytes | None:
+    async def respond(body: bytes) -> bytes:
+        _parse_request(body, swarm_id)
         try:
             return status_frame(provider())
         except Exception:  # our own provider's bug: say so in our log, not on the wire
             log.warning("status provider failed; answering 'unavailable'", exc_info=True)
-            return None
+            raise RequestUnavailable("unavailable") from None
 
-    async def handle(stream) -> None:
-        try:
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                stats.busy += 1
-                await answer(stream, encode_frame({"error": "busy"}))
-                return
-            try:
-                with trio.fail_after(read_timeout):
-                    try:
-                        body = await read_frame(stream, MAX_REQUEST_BYTES)
-                    except FrameTooLarge:
-                        raise RequestRefused("too_large") from None
-                _parse_request(body, swarm_id)
-                frame = current_status()
-                if frame is None:
-                    stats.failed += 1
-                    await answer(stream, encode_frame({"error": "unavailable"}))
-                else:
-                    await answer(stream, frame)
-                    stats.served += 1
-            finally:
-                slots.release()
-        except RequestRefused as refused:
-            stats.refused += 1
-            log.debug("status request refused: %s", refused.reason)
-            try:
-                await answer(stream, encode_frame({"error": refused.reason}))
-            except Exception:  # the asker is gone: nothing more to tell it
-                pass
-        except trio.TooSlowError:
-            stats.failed += 1
-            log.debug("status request timed out")
-        except Exception as exc:  # stream closed or reset
-            stats.failed += 1
-            log.debug("status request failed: %r", exc)
-        finally:
-            with trio.move_on_after(1.0, shield=True):
-                try:
-                    await stream.close()
-                except Exception:  # already reset by the other side
-                    pass
-
-    host.set_stream_handler(STATUS_PROTOCOL, handle)
-    try:
-        task_status.started(stats)
-        await trio.sleep_forever()
-    finally:
-        try:
-            host.remove_stream_handler(STATUS_PROTOCOL)
-        except Exception as exc:  # the host is closing already
-            log.debug("removing the status handler: %s", exc)
+    await serve_requests(net_or_host, STATUS_PROTOCOL, respond, name="status", max_request_bytes=MAX_REQUEST_BYTES,
+                         max_concurrent=MAX_CONCURRENT, read_timeout=read_timeout,
+                         stats=stats if stats is not None else StatusStats(), task_status=task_status)
 
 
 # -- client ---------------------------------------------------------------------------

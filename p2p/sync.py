@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -36,9 +35,11 @@ from p2p.reqresp import (
     RequestError,
     RequestFailure,
     RequestRefused,
+    ServeStats,
     encode_frame,
     host_of,
     read_frame,
+    serve_requests,
     unpack_body,
 )
 
@@ -62,12 +63,14 @@ class SyncError(RequestError):
     """A sync request to a peer failed. ``kind`` says how; ``peer`` names the peer."""
 
 
-@dataclass(slots=True)
-class SyncStats:
-    served: int = 0  # requests answered with decisions (possibly none)
-    malformed: int = 0  # requests refused: bad framing, msgpack, fields, range, swarm
-    busy: int = 0  # refused because MAX_CONCURRENT requests were in progress
-    failed: int = 0  # provider errors, timeouts, streams closed before an answer
+class SyncStats(ServeStats):
+    """``refused`` counts malformed requests (bad framing, msgpack, fields, range, swarm)."""
+
+    __slots__ = ()
+
+    @property
+    def malformed(self) -> int:
+        return self.refused
 
 
 def _is_height(x: object) -> bool:
@@ -122,64 +125,14 @@ async def serve_sync(
     ``first..last`` in order (fewer past its tip). Hands its ``SyncStats`` to
     ``task_status``. A bad request gets an error answer (or, when no answer can be
     written, a closed stream) and is counted; it never reaches the host's tasks."""
-    host = host_of(net_or_host)
-    stats = stats if stats is not None else SyncStats()
-    slots = trio.Semaphore(MAX_CONCURRENT)
+    async def respond(body: bytes) -> bytes:
+        first, last = _parse_request(body, swarm_id)
+        decisions = _fit(await provider(first, last), first, last)
+        return encode_frame({"decisions": [list(d) for d in decisions]})
 
-    async def answer(stream, doc: object) -> None:
-        with trio.fail_after(read_timeout):  # a peer that does not read blocks our write
-            await stream.write(encode_frame(doc))
-
-    async def handle(stream) -> None:
-        try:
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                stats.busy += 1
-                await answer(stream, {"error": "busy"})
-                return
-            try:
-                with trio.fail_after(read_timeout):
-                    try:
-                        body = await read_frame(stream, MAX_REQUEST_BYTES)
-                    except FrameTooLarge:
-                        raise RequestRefused("too_large") from None
-                    first, last = _parse_request(body, swarm_id)
-                with trio.fail_after(read_timeout):
-                    decisions = _fit(await provider(first, last), first, last)
-                await answer(stream, {"decisions": [list(d) for d in decisions]})
-                stats.served += 1
-            finally:
-                slots.release()
-        except RequestRefused as refused:
-            stats.malformed += 1
-            log.debug("sync request refused: %s", refused.reason)
-            try:
-                await answer(stream, {"error": refused.reason})
-            except Exception:
-                pass
-        except trio.TooSlowError:
-            stats.failed += 1
-            log.debug("sync request timed out")
-        except Exception as exc:  # stream closed/reset, or the provider failed
-            stats.failed += 1
-            log.debug("sync request failed: %r", exc)
-        finally:
-            with trio.move_on_after(1.0, shield=True):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
-
-    host.set_stream_handler(SYNC_PROTOCOL, handle)
-    try:
-        task_status.started(stats)
-        await trio.sleep_forever()
-    finally:
-        try:
-            host.remove_stream_handler(SYNC_PROTOCOL)
-        except Exception as exc:  # the host is closing already
-            log.debug("removing the sync handler: %s", exc)
+    await serve_requests(net_or_host, SYNC_PROTOCOL, respond, name="sync", max_request_bytes=MAX_REQUEST_BYTES,
+                         max_concurrent=MAX_CONCURRENT, read_timeout=read_timeout,
+                         stats=stats if stats is not None else SyncStats(), task_status=task_status)
 
 
 # -- client ---------------------------------------------------------------------------
