@@ -160,7 +160,6 @@ class AgentNode:
         self.catch_up = CatchUp(None, clock)  # given its queue by serve_node
         self._inbox: trio.MemorySendChannel | None = None
         self._ballot_queue: trio.MemorySendChannel | None = None
-        self._resend: list[OwnBallot] = []
         self._peers: set[str] = set()
         # Decided heights and checkpoint signatures for the anchoring service, if any.
         self.anchoring: trio.MemorySendChannel | None = None
@@ -226,7 +225,7 @@ class AgentNode:
         elif isinstance(event, DecisionsFetched):
             await self._on_fetched(event)
         elif isinstance(event, Tick):
-            self._rebroadcast_ballots()
+            await self._rebroadcast_ballots()
             if self.catch_up.retry_due():
                 self.catch_up.request(self.core.height)
         elif isinstance(event, PeerConnected):
@@ -340,21 +339,15 @@ class AgentNode:
                 self.pool.add_reveal(own.reveal)
                 await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
 
-    def _rebroadcast_ballots(self) -> None:
+    async def _rebroadcast_ballots(self) -> None:
         # Gossip loses messages and peers restart: resend what we committed and revealed
         # for motions still open, each at most once per ballot_rebroadcast_ms, and only
         # a few per tick: py-libp2p's gossip saturates at tens of messages a second.
         now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
-        for motion_id, own in self.mine.items():
-            if len(self._resend) >= MAX_RESEND_PER_TICK:
-                break
-            if self.pool.get(motion_id) is not None and now - own.last_sent >= every:
-                own.last_sent = now
-                self._resend.append(own)
-
-    async def _flush_resend(self) -> None:
-        pending, self._resend = self._resend, []
-        for own in pending:
+        due = [own for motion_id, own in self.mine.items()
+               if self.pool.get(motion_id) is not None and now - own.last_sent >= every][:MAX_RESEND_PER_TICK]
+        for own in due:
+            own.last_sent = now
             await self._send(MessageType.BALLOT_COMMIT, own.commitment.encode())
             if own.revealed:
                 await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
@@ -367,7 +360,6 @@ class AgentNode:
 
     async def progress(self) -> None:
         now = self._clock()
-        await self._flush_resend()
         if self.is_validator:
             await self._reveal_when_due(now)
         core = self.core

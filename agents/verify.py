@@ -23,7 +23,9 @@ from agents.resolution import decode_payload
 from agents.storage import Decision
 from agents.valset import consensus_valset
 from consensus.anchor.evm import AnchorError
-from consensus.merkle import InclusionProof, inclusion_proof, merkle_root, verify_inclusion
+from consensus.checkpoint import Checkpoint
+from consensus.errors import LocalProtocolError
+from consensus.merkle import InclusionProof, inclusion_proof, merkle_root
 from consensus.qc import QuorumCertificate
 from consensus.types import Block, VoteType
 from p2p.errors import RemoteProtocolError
@@ -89,10 +91,6 @@ def check_certificate(swarm: SwarmConfig, d: Decision) -> str | None:
     return qc.verify(consensus_valset(swarm), swarm.swarm_id)
 
 
-def check_inclusion(anchored_root: bytes, block_hash: bytes, proof: InclusionProof) -> bool:
-    return verify_inclusion(block_hash, proof, anchored_root)
-
-
 def verify(swarm: SwarmConfig, read: DecisionReader, target: str, anchor, proof: InclusionProof | None = None,
            ) -> Verdict:
     """The verdict on decision ``target``. ``anchor``: an ``agents.anchoring.AnchorClient``
@@ -142,7 +140,12 @@ def verify(swarm: SwarmConfig, read: DecisionReader, target: str, anchor, proof:
         return _invalid("root_mismatch", "the blocks this source holds for the checkpoint's heights do not "
                         "hash to the anchored root", **evidence)
     proof = proof or inclusion_proof(hashes, d.height - first)
-    if proof.index != d.height - first or proof.size != len(hashes) or not check_inclusion(record.root, d.block.hash, proof):
+    try:
+        anchored = Checkpoint(swarm.swarm_id, number, first, last, record.root, record.validator_set_hash,
+                              record.prev_checkpoint_hash)
+    except LocalProtocolError as exc:  # what the anchor holds is not a well-formed checkpoint
+        return _invalid("wrong_anchor", f"the anchored checkpoint is malformed: {exc}", **evidence)
+    if not anchored.includes(d.height, d.block.hash, proof):  # index, size and path against the root
         return _invalid("not_included", "the inclusion proof does not lead from this block to the anchored root",
                         **evidence)
     motions = []

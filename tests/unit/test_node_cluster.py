@@ -152,6 +152,11 @@ class Cluster:
             await trio.sleep(poll)
 
 
+def assert_same_chain(c: Cluster, names, length: int) -> None:
+    chains = [block_hashes(c.members[n]) for n in names]
+    assert all(ch == chains[0] for ch in chains) and len(chains[0]) == length, [len(ch) for ch in chains]
+
+
 def block_hashes(m: Member) -> list[bytes]:
     store = m.node.store
     return [d.block.hash for d in store.decisions(1, store.last_height())]
@@ -303,8 +308,7 @@ async def test_a_validator_stopped_mid_height_restarts_catches_up_and_votes_agai
             new_height = last_height(c, "v0")
             mine = [sv.vote for sv in votes_sent(c, victim, before_restart) if sv.vote.height == new_height]
             assert any(v.type is VoteType.PREVOTE and v.value is not None for v in mine), mine
-            chains = [block_hashes(c.members[n]) for n in ALL]
-            assert all(ch == chains[0] for ch in chains) and len(chains[0]) == new_height
+            assert_same_chain(c, ALL, new_height)
             assert equivocations(c) == []
             nursery.cancel_scope.cancel()
 
@@ -327,8 +331,7 @@ async def test_a_validator_started_after_five_decisions_catches_up_from_genesis(
             # Now a full member: it decides and votes at the next height.
             await decided(c, ALL, [await c.submit("Late motion?")])
             assert any(sv.vote.height == 6 for sv in votes_sent(c, "v3"))
-            chains = [block_hashes(c.members[n]) for n in ALL]
-            assert all(ch == chains[0] for ch in chains) and len(chains[0]) == 6
+            assert_same_chain(c, ALL, 6)
             assert equivocations(c) == []
             nursery.cancel_scope.cancel()
 
@@ -383,8 +386,7 @@ async def test_a_cut_off_proposer_is_replaced_by_a_round_change_and_catches_up_a
             assert block_hashes(c.members[cut]) == block_hashes(c.members["v0"])
             # And it takes part again.
             await decided(c, ALL, [await c.submit("Adopt with everyone back?")])
-            chains = [block_hashes(c.members[n]) for n in ALL]
-            assert all(ch == chains[0] for ch in chains) and len(chains[0]) == h + 1
+            assert_same_chain(c, ALL, h + 1)
             assert equivocations(c) == []
             nursery.cancel_scope.cancel()
 
