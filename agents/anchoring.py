@@ -261,7 +261,7 @@ class CheckpointService:
         now = self._clock()
         if now >= self._next_poll:
             self._next_poll = now + POLL_EVERY_S
-            await self._observe()
+            await self.observe()
         for number, p in list(self.pending.items()):
             if p.checkpoint is not None and p.digest is None:
                 await self._sign(number, p)  # the anchor was unreachable when it was due
@@ -276,7 +276,7 @@ class CheckpointService:
                 await self._submit(number, p)
             break
 
-    async def _observe(self, quietly: bool = False) -> None:
+    async def observe(self, quietly: bool = False) -> None:
         """Learn how many checkpoints the anchor holds (``quietly`` at start: those
         landed before this peer started are not news)."""
         try:
@@ -299,7 +299,7 @@ class CheckpointService:
             evidence = await self._call(self.anchor.submit, p.checkpoint, list(p.signatures.values()))
         except AnchorRejected as exc:
             if exc.reason == "WrongCheckpointNumber":  # someone else landed it first: harmless
-                await self._observe()
+                await self.observe()
                 return
             emit(log, "anchor_rejected", f"checkpoint {number} refused by the anchor: {exc}", logging.WARNING,
                  number=number, reason=exc.reason)
@@ -353,7 +353,7 @@ async def run_anchoring(service: CheckpointService, events: trio.MemoryReceiveCh
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """The service's loop: catch up with the chain on disk, then events and a tick."""
     task_status.started()
-    await service._observe(quietly=True)
+    await service.observe(quietly=True)
     await service.decided(start_height)
     while True:
         with trio.move_on_after(1.0):
