@@ -19,6 +19,9 @@ LEVELS = ("debug", "info", "warning", "error")
 _NOISY = ("libp2p", "multiaddr", "async_service", "trio", "zeroconf")
 # Expected while peers come and go; our reconnect loop reports dial failures itself.
 _SILENCED = ("libp2p.transport", "libp2p.network.swarm")
+# gossipsub parks messages for a connected peer that has not subscribed (every
+# publish-only client) and warns once per message once its small queue is full.
+_PARKED_QUEUE_WARNING = "pending message queue for peer"
 
 
 def emit(logger: logging.Logger, event: str, message: str, level: int = logging.INFO, /, **fields: Any) -> None:
@@ -35,6 +38,8 @@ class _DropLibraryChatter(logging.Filter):
     theirs: keep their records below WARNING out of our output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "libp2p.pubsub.gossipsub" and str(record.msg).startswith(_PARKED_QUEUE_WARNING):
+            return False
         return record.levelno >= logging.WARNING or f"{os.sep}libp2p{os.sep}" not in record.pathname
 
 

@@ -30,6 +30,7 @@ import trio
 
 from agents.anchoring import Decided, SignatureArrived
 from agents.ballot import Ballot
+from agents.ballot_messages import ENVELOPE_OVERHEAD, Commitments, Reveals, pack
 from agents.catchup import CatchUp, DecisionsFetched, Fetch, run_catchup_worker
 from agents.commitment import Commitment, Reveal, commit
 from agents.driver import ConsensusDriver
@@ -38,7 +39,7 @@ from agents.metrics import PeerMetrics
 from agents.naming import describe_sender, short
 from agents.motion_pool import Admission, BallotVerdict, MotionPool
 from agents.resolution import NO_SUPERMAJORITY, decode_payload, describe_tally, encode_payload, check_payload
-from agents.storage import PeerStore, PendingMotionsFull
+from agents.storage import PeerStore
 from agents.valset import consensus_valset
 from consensus.core import Core, Timeouts
 from consensus.errors import RemoteProtocolError as ConsensusRemoteError
@@ -72,7 +73,10 @@ log = logging.getLogger("conclave.peer")
 
 BLOCK_OVERHEAD = 2048  # room in a message for the proposal and envelope around a block
 TICK_S = 1.0
-MAX_RESEND_PER_TICK = 8  # own ballots re-sent per tick (each is a commitment and maybe a reveal)
+MAX_EVENTS_PER_PASS = 256  # events handled between two progress steps
+BALLOT_BATCH_S = 0.02  # how long a quick ballot may wait to share a store transaction
+MAX_BALLOT_BATCH = 256
+MAX_RESEND_PER_TICK = 256  # own ballots re-sent per tick (they travel together: a few messages)
 
 
 # --- events the node's loop handles besides network events ---------------------------
@@ -161,6 +165,11 @@ class AgentNode:
         self._inbox: trio.MemorySendChannel | None = None
         self._ballot_queue: trio.MemorySendChannel | None = None
         self._peers: set[str] = set()
+        # Our commitments and reveals wait here until the end of the current batch of
+        # events, then leave together: one message each for all of them (flush_ballots).
+        self._commit_out: list[Commitment] = []
+        self._motions_in: list[tuple[bytes, Envelope, Motion]] = []
+        self._reveal_out: list[Reveal] = []
         # Decided heights and checkpoint signatures for the anchoring service, if any.
         self.anchoring: trio.MemorySendChannel | None = None
 
@@ -211,6 +220,13 @@ class AgentNode:
         await self.progress()
 
     async def handle(self, event: object) -> None:
+        """One event, then whatever progress it allows."""
+        await self.handle_event(event)
+        await self.progress()
+
+    async def handle_event(self, event: object) -> None:
+        """One event, without the progress step: the loop takes every event that is
+        already waiting, then makes progress once (see ``serve_node``)."""
         if isinstance(event, MessageArrived):
             if not isinstance(event.verdict, Accepted):
                 raise LocalProtocolError("the network was not started with this peer's gate")
@@ -242,7 +258,6 @@ class AgentNode:
             who = describe_sender(self.swarm, peer_id=event.peer)
             emit(log, "peer_left", f"peer left: {who} ({event.peer})", peer=who, peer_id=event.peer,
                  connected=len(self._peers))
-        await self.progress()
 
     async def on_message(self, accepted) -> None:
         t = accepted.type
@@ -254,9 +269,11 @@ class AgentNode:
         elif t is MessageType.VOTE:
             await self.driver.handle(VoteReceived(accepted.payload))
         elif t is MessageType.BALLOT_COMMIT:
-            self._count(self.pool.add_commitment(accepted.payload))
+            for c in accepted.payload.items:
+                self._count(self.pool.add_commitment(c))
         elif t is MessageType.BALLOT_REVEAL:
-            self._count(self.pool.add_reveal(accepted.payload))
+            for r in accepted.payload.items:
+                self._count(self.pool.add_reveal(r))
         elif t is MessageType.CHECKPOINT_SIGNATURE:
             if accepted.validator is not None and accepted.validator.chain_address:
                 self._to_anchoring(SignatureArrived(accepted.validator.chain_address, accepted.payload))
@@ -290,20 +307,32 @@ class AgentNode:
             emit(log, "motion_dropped", f"motion {motion_id.hex()[:12]} not taken: {verdict.value}", level,
                  motion_id=motion_id.hex(), reason=verdict.value)
             return
-        try:
-            await self.store.aadd_pending_motion(motion_id, env.encode())
-        except PendingMotionsFull as exc:
-            self.pool.discard(motion_id)
-            emit(log, "motion_dropped", f"motion {motion_id.hex()[:12]} not taken: {exc}", logging.WARNING,
-                 motion_id=motion_id.hex(), reason="store_full")
+        # Stored at the end of this pass, with every other motion that came in it: one
+        # transaction (one fsync) for all of them (store_motions).
+        self._motions_in.append((motion_id, env, motion))
+
+    async def store_motions(self) -> None:
+        """Store the motions taken in this pass, then ballot on them."""
+        if not self._motions_in:
             return
-        self.stats.motions += 1
-        sender = describe_sender(self.swarm, public_key=env.sender)
-        emit(log, "motion_received",
-             f'MOTION {motion_id.hex()[:12]} from {sender}: "{short(motion.text)}" [{" / ".join(motion.options)}]',
-             motion_id=motion_id.hex(), sender=sender, text=motion.text, options=list(motion.options))
-        if self.is_validator:
-            self._queue_ballot(motion_id, motion)
+        batch, self._motions_in = self._motions_in, []
+        added, full = await self.store.aadd_pending_motions([(m, env.encode()) for m, env, _ in batch])
+        added_ids, full_ids = set(added), set(full)
+        for motion_id, env, motion in batch:
+            if motion_id in full_ids:
+                self.pool.discard(motion_id)
+                emit(log, "motion_dropped", f"motion {motion_id.hex()[:12]} not taken: {self.store.max_pending} "
+                     "motions are pending already", logging.WARNING, motion_id=motion_id.hex(), reason="store_full")
+                continue
+            if motion_id not in added_ids:
+                continue  # pending already (stored before a restart)
+            self.stats.motions += 1
+            sender = describe_sender(self.swarm, public_key=env.sender)
+            emit(log, "motion_received",
+                 f'MOTION {motion_id.hex()[:12]} from {sender}: "{short(motion.text)}" [{" / ".join(motion.options)}]',
+                 motion_id=motion_id.hex(), sender=sender, text=motion.text, options=list(motion.options))
+            if self.is_validator:
+                self._queue_ballot(motion_id, motion)
 
     def _queue_ballot(self, motion_id: bytes, motion: Motion) -> None:
         if self._ballot_queue is None or self.deliberator is None:
@@ -326,7 +355,7 @@ class AgentNode:
         emit(log, "ballot_committed",
              f"ballot for {ev.motion_id.hex()[:12]} committed ({ev.seconds:.2f} s of inference)",
              logging.DEBUG, motion_id=ev.motion_id.hex(), seconds=round(ev.seconds, 3), choice=b.choice)
-        await self._send(MessageType.BALLOT_COMMIT, ev.commitment.encode())
+        self._commit_out.append(ev.commitment)
 
     async def _reveal_when_due(self, now: float) -> None:
         reveal_after = self.swarm.params.reveal_timeout_ms / 1000
@@ -337,20 +366,37 @@ class AgentNode:
             if self.pool.is_quorum(committed) or now - own.committed_at >= reveal_after:
                 own.revealed = True
                 self.pool.add_reveal(own.reveal)
-                await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
+                self._reveal_out.append(own.reveal)
 
     async def _rebroadcast_ballots(self) -> None:
         # Gossip loses messages and peers restart: resend what we committed and revealed
-        # for motions still open, each at most once per ballot_rebroadcast_ms, and only
-        # a few per tick: py-libp2p's gossip saturates at tens of messages a second.
+        # for motions still open, each at most once per ballot_rebroadcast_ms.
         now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
         due = [own for motion_id, own in self.mine.items()
                if self.pool.get(motion_id) is not None and now - own.last_sent >= every][:MAX_RESEND_PER_TICK]
         for own in due:
             own.last_sent = now
-            await self._send(MessageType.BALLOT_COMMIT, own.commitment.encode())
+            self._commit_out.append(own.commitment)
             if own.revealed:
-                await self._send(MessageType.BALLOT_REVEAL, own.reveal.encode())
+                self._reveal_out.append(own.reveal)
+
+    async def flush_ballots(self) -> None:
+        """Send the commitments and reveals gathered since the last flush, as few
+        messages as the size limit allows (commitments first: a reveal is useless to a
+        peer that has not seen the commitment it opens)."""
+        budget = self.swarm.params.max_message_bytes - ENVELOPE_OVERHEAD
+        for items, out_type, batch in ((self._commit_out, MessageType.BALLOT_COMMIT, Commitments),
+                                       (self._reveal_out, MessageType.BALLOT_REVEAL, Reveals)):
+            if not items:
+                continue
+            encoded = [i.encode() for i in items]
+            items.clear()
+            groups = pack(encoded, [len(e) for e in encoded], budget)
+            for group in groups:
+                await self._send(out_type, batch.encode_items(group))
+            emit(log, "ballots_sent", f"sent {len(encoded)} {out_type.name.lower()} item{'s' if len(encoded) != 1 else ''} "
+                 f"in {len(groups)} message{'s' if len(groups) != 1 else ''}", logging.DEBUG,
+                 type=out_type.name.lower(), items=len(encoded), messages=len(groups))
 
     async def _send(self, type: MessageType, payload: bytes) -> None:
         await self.outbox.send(type, payload)
@@ -359,6 +405,13 @@ class AgentNode:
     # --- progress: reveal, start a height, propose ------------------------------------
 
     async def progress(self) -> None:
+        """Reveal what is due, start a height or propose when motions are ready, and
+        send our gathered ballot messages."""
+        await self.store_motions()
+        await self._advance()
+        await self.flush_ballots()
+
+    async def _advance(self) -> None:
         now = self._clock()
         if self.is_validator:
             await self._reveal_when_due(now)
@@ -375,21 +428,27 @@ class AgentNode:
             await self._start_height()
         if self._want == (core.height, core.round) and core.step is Step.PROPOSE:
             self._want = None
-            block = self._build_block(ready)
+            block, packed = self._build_block(ready)
+            emit(log, "block_proposed", f"proposing a block at height {core.height} round {core.round} with "
+                 f"{packed} of {len(ready)} ready resolutions ({len(block.payload)} bytes)",
+                 logging.DEBUG, height=core.height, round=core.round, resolutions=packed, ready=len(ready),
+                 bytes=len(block.payload))
             await self.driver.handle(ValueReady(core.height, core.round, block))
 
     async def _start_height(self) -> None:
+        emit(log, "height_started", f"starting height {self.core.height}: motions are ready", logging.DEBUG,
+             height=self.core.height)
         self._height_started_at = self._clock()
         self._rounds_this_height = 1
         await self.driver.handle(Started())
 
-    def _build_block(self, ready: list) -> Block:
+    def _build_block(self, ready: list) -> tuple[Block, int]:
         budget = self.swarm.params.max_message_bytes - BLOCK_OVERHEAD
         payload = encode_payload(ready)
         while len(payload) > budget and len(ready) > 1:
             ready = ready[: max(1, len(ready) // 2)]
             payload = encode_payload(ready)
-        return Block(self.core.height, self.core.prev_hash, self.identity.public_key, payload)
+        return Block(self.core.height, self.core.prev_hash, self.identity.public_key, payload), len(ready)
 
     # --- ConsensusApp -------------------------------------------------------------------
 
@@ -538,27 +597,42 @@ async def run_ballot_worker(node: AgentNode, queue: trio.MemoryReceiveChannel, i
                             task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Deliberate on motions one at a time (the LLM is the scarce resource) and hand
     each committed ballot to the loop. The ballot and its salt are on disk before the
-    commitment leaves, so a restart reveals what was committed and never commits twice."""
+    commitment leaves, so a restart reveals what was committed and never commits twice.
+    Ballots that come quickly (a fast model, or ones stored before a restart) share one
+    store transaction, as long as that delays none of them by more than BALLOT_BATCH_S."""
     from agents.llm import InferenceError  # noqa: PLC0415
 
     task_status.started()
     async for motion_id, motion in queue:
-        if node.pool.get(motion_id) is None:
-            continue  # decided while it waited
-        stored = await node.store.aballot(motion_id)
-        seconds = 0.0
-        if stored is None:
-            start = trio.current_time()
+        started = trio.current_time()
+        ready: list[BallotReady] = []
+        new: list[tuple[bytes, Ballot, bytes]] = []
+        while True:
+            if node.pool.get(motion_id) is not None:  # else decided while it waited
+                stored = await node.store.aballot(motion_id)
+                if stored is not None:
+                    ready.append(BallotReady(motion_id, commit(stored.ballot, stored.salt, node.identity), stored, 0.0))
+                else:
+                    start = trio.current_time()
+                    try:
+                        ballot = await node.deliberator.ballot(motion_id, motion)
+                    except InferenceError as exc:
+                        await inbox.send(BallotFailed(motion_id, str(exc)))
+                    else:
+                        reveal = Reveal(ballot, secrets.token_bytes(32))
+                        new.append((motion_id, ballot, reveal.salt))
+                        ready.append(BallotReady(motion_id, commit(ballot, reveal.salt, node.identity), reveal,
+                                                 trio.current_time() - start))
+            if trio.current_time() - started > BALLOT_BATCH_S or len(ready) >= MAX_BALLOT_BATCH:
+                break
             try:
-                ballot = await node.deliberator.ballot(motion_id, motion)
-            except InferenceError as exc:
-                await inbox.send(BallotFailed(motion_id, str(exc)))
-                continue
-            seconds = trio.current_time() - start
-            salt = secrets.token_bytes(32)
-            await node.store.asave_ballot(motion_id, ballot, salt)
-            stored = Reveal(ballot, salt)
-        await inbox.send(BallotReady(motion_id, commit(stored.ballot, stored.salt, node.identity), stored, seconds))
+                motion_id, motion = queue.receive_nowait()
+            except trio.WouldBlock:
+                break
+        if new:
+            await node.store.asave_ballots(new)
+        for r in ready:
+            await inbox.send(r)
 
 
 async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -590,4 +664,13 @@ async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TAS
         await node.start()
         task_status.started(node)
         async for event in inbox:
-            await node.handle(event)
+            # Take what is already waiting, up to a bound, then make progress once: under
+            # load one pass packs many ballots into one message and one block.
+            await node.handle_event(event)
+            for _ in range(MAX_EVENTS_PER_PASS - 1):
+                try:
+                    event = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                await node.handle_event(event)
+            await node.progress()

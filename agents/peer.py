@@ -17,7 +17,7 @@ import trio
 from agents import __version__
 from agents.logs import emit
 from agents.checkpoint_signature import CheckpointSignature
-from agents.commitment import Commitment, Reveal
+from agents.ballot_messages import Commitments, Reveals
 from agents.metrics import PeerMetrics
 from agents.catchup import Fetch
 from agents.node import AgentNode, Deliberator, serve_node
@@ -34,7 +34,7 @@ log = logging.getLogger("conclave.peer")
 
 
 # The envelope types this peer decodes: the network's own, plus the agents' ballot types.
-PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitment.decode, MessageType.BALLOT_REVEAL: Reveal.decode,
+PEER_DECODERS = {**DECODERS, MessageType.BALLOT_COMMIT: Commitments.decode, MessageType.BALLOT_REVEAL: Reveals.decode,
                  MessageType.CHECKPOINT_SIGNATURE: CheckpointSignature.decode}
 
 
@@ -50,12 +50,19 @@ class PeerGate:
     def admit(self, data: bytes, source: str) -> Accepted | None:
         try:
             return self.validator.validate(data, self._clock())
-        except RemoteProtocolError as exc:
-            if self.metrics is not None:
-                self.metrics.rejection(exc.reason)
-            emit(log, "message_rejected", f"rejected message via {source}: {exc}", logging.DEBUG,
-                 reason=exc.reason.value, detail=exc.detail, source=source, bytes=len(data))
+        except RemoteProtocolError as exc:  # the validator has counted it
+            self._report(exc, data, source)
             return None
+
+    def refuse(self, error: RemoteProtocolError, data: bytes, source: str) -> None:
+        self.validator.rejected[error.reason] += 1
+        self._report(error, data, source)
+
+    def _report(self, error: RemoteProtocolError, data: bytes, source: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejection(error.reason)
+        emit(log, "message_rejected", f"rejected message via {source}: {error}", logging.DEBUG,
+             reason=error.reason.value, detail=error.detail, source=source, bytes=len(data))
 
 
 class Outbox:
@@ -125,6 +132,7 @@ async def serve_peer(
             name=node.name, height=node.core.height - 1, motions=st.motions, agreements=st.agreements,
             decisions=st.decisions, accepted=validator.accepted, rejected=rejected, duplicates=st.duplicates,
             inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
+            frames=net.stats.frames, ballots=dict(st.ballots),
         )
 
 

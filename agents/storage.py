@@ -419,22 +419,33 @@ class PeerStore:
         """Keep this agent's ballot for ``motion_id`` and the salt it committed with.
         True if stored; False if exactly this is stored. Another ballot or salt for the
         same motion is refused: committing twice would be evidence against us."""
-        _need_id("motion_id", motion_id)
-        if not isinstance(ballot, Ballot):
-            raise StoreError("save_ballot takes a Ballot")
-        if ballot.motion_id != motion_id:
-            raise StoreError(f"the ballot is for motion {_short(ballot.motion_id)}, not {_short(motion_id)}")
-        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
-            raise StoreError(f"salt must be {SALT_BYTES} bytes")
-        encoded = ballot.encode()
+        return self.save_ballots([(motion_id, ballot, salt)]) == 1
+
+    def save_ballots(self, ballots: Iterable[tuple[bytes, Ballot, bytes]]) -> int:
+        """``save_ballot`` for several (motion id, ballot, salt) in one transaction (one
+        fsync); how many were new. A conflict refuses them all."""
+        rows = []
+        for motion_id, ballot, salt in ballots:
+            _need_id("motion_id", motion_id)
+            if not isinstance(ballot, Ballot):
+                raise StoreError("save_ballot takes a Ballot")
+            if ballot.motion_id != motion_id:
+                raise StoreError(f"the ballot is for motion {_short(ballot.motion_id)}, not {_short(motion_id)}")
+            if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+                raise StoreError(f"salt must be {SALT_BYTES} bytes")
+            rows.append((motion_id, ballot.encode(), salt))
+        added = 0
         with self._tx() as db:
-            row = db.execute("SELECT ballot, salt FROM ballots WHERE motion_id = ?", (motion_id,)).fetchone()
-            if row is not None:
-                if (row[0], row[1]) == (encoded, salt):
-                    return False
-                raise StoreConflictError(f"a different ballot or salt is already stored for motion {motion_id.hex()}")
-            db.execute("INSERT INTO ballots(motion_id, ballot, salt) VALUES (?,?,?)", (motion_id, encoded, salt))
-        return True
+            for motion_id, encoded, salt in rows:
+                row = db.execute("SELECT ballot, salt FROM ballots WHERE motion_id = ?", (motion_id,)).fetchone()
+                if row is not None:
+                    if (row[0], row[1]) == (encoded, salt):
+                        continue
+                    raise StoreConflictError(
+                        f"a different ballot or salt is already stored for motion {motion_id.hex()}")
+                db.execute("INSERT INTO ballots(motion_id, ballot, salt) VALUES (?,?,?)", (motion_id, encoded, salt))
+                added += 1
+        return added
 
     def ballot(self, motion_id: bytes) -> Reveal | None:
         """This agent's ballot for ``motion_id`` with its salt: what to reveal."""
@@ -497,20 +508,38 @@ class PeerStore:
     def add_pending_motion(self, motion_id: bytes, envelope: bytes) -> bool:
         """Keep a received, unresolved motion (its signed envelope, as received). True if
         added; False if already pending. ``PendingMotionsFull`` at ``max_pending``."""
-        _need_id("motion_id", motion_id)
-        if not isinstance(envelope, bytes) or not envelope:
-            raise StoreError("a pending motion's envelope must be non-empty bytes")
+        added, full = self.add_pending_motions([(motion_id, envelope)])
+        if full:
+            raise PendingMotionsFull(
+                f"{self.path}: {self.max_pending} motions pending already, the limit is {self.max_pending}")
+        return bool(added)
+
+    def add_pending_motions(self, motions: Iterable[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
+        """``add_pending_motion`` for several (motion id, envelope), in order, in one
+        transaction (one fsync): (the ids added, the ids refused because ``max_pending``
+        motions were pending). Ids already pending are in neither."""
+        items = list(motions)
+        for motion_id, envelope in items:
+            _need_id("motion_id", motion_id)
+            if not isinstance(envelope, bytes) or not envelope:
+                raise StoreError("a pending motion's envelope must be non-empty bytes")
+        added: list[bytes] = []
+        full: list[bytes] = []
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM pending_motions WHERE motion_id = ?", (motion_id,)).fetchone():
-                return False
             count, last_seq = db.execute(
                 "SELECT COUNT(*), COALESCE(MAX(received_seq), 0) FROM pending_motions").fetchone()
-            if count >= self.max_pending:
-                raise PendingMotionsFull(
-                    f"{self.path}: {count} motions pending already, the limit is {self.max_pending}")
-            db.execute("INSERT INTO pending_motions(motion_id, envelope, received_seq) VALUES (?,?,?)",
-                       (motion_id, envelope, last_seq + 1))
-        return True
+            for motion_id, envelope in items:
+                if db.execute("SELECT 1 FROM pending_motions WHERE motion_id = ?", (motion_id,)).fetchone():
+                    continue
+                if count >= self.max_pending:
+                    full.append(motion_id)
+                    continue
+                last_seq += 1
+                count += 1
+                db.execute("INSERT INTO pending_motions(motion_id, envelope, received_seq) VALUES (?,?,?)",
+                           (motion_id, envelope, last_seq))
+                added.append(motion_id)
+        return added, full
 
     def remove_pending_motion(self, motion_id: bytes) -> bool:
         """True if it was pending."""
@@ -554,10 +583,12 @@ class PeerStore:
     asave_safety_state = _in_thread(save_safety_state)
     aload_safety_state = _in_thread(load_safety_state)
     asave_ballot = _in_thread(save_ballot)
+    asave_ballots = _in_thread(save_ballots)
     aballot = _in_thread(ballot)
     asave_commitment = _in_thread(save_commitment)
     acommitments = _in_thread(commitments)
     aadd_pending_motion = _in_thread(add_pending_motion)
+    aadd_pending_motions = _in_thread(add_pending_motions)
     aremove_pending_motion = _in_thread(remove_pending_motion)
     aremove_pending_motions = _in_thread(remove_pending_motions)
     apending_motions = _in_thread(pending_motions)

@@ -23,6 +23,8 @@ from typing import Protocol
 
 import trio
 
+from p2p.errors import RemoteProtocolError
+
 # The largest message any network accepts. py-libp2p silently drops frames of 1 MiB
 # and more; leave room for the pubsub framing.
 MAX_FRAME_BYTES = 1_000_000
@@ -35,6 +37,11 @@ class Gate(Protocol):
         """A verdict for an incoming message (delivered with it), or None to drop it.
 
         Runs in the receive path: it must be quick, must not block, must not raise."""
+        ...
+
+    def refuse(self, error: RemoteProtocolError, data: bytes, source: str) -> None:
+        """Count a pubsub message refused before any envelope in it was judged (a
+        malformed bundle). Same rules as ``admit``."""
         ...
 
 
@@ -60,7 +67,8 @@ NetworkEvent = MessageArrived | PeerConnected | PeerDisconnected
 
 @dataclass(slots=True)
 class NetworkStats:
-    published: int = 0  # handed to the transport, by the single sender task
+    published: int = 0  # envelopes handed to the transport, by the single sender task
+    frames: int = 0  # transport messages they went in (several envelopes may share one)
     received: int = 0  # delivered into ``events`` (own messages included), after the gate
     gated: int = 0  # refused by the gate: not delivered, not relayed
     inbound_dropped: int = 0  # events lost because ``events`` was full

@@ -244,3 +244,136 @@ def test_identity_repr_hides_the_seed():
 
 def test_generated_identities_differ():
     assert Identity.generate().seed != Identity.generate().seed
+
+
+# --- memoized verification (p2p.keys.VERIFIED) -----------------------------------------
+
+
+def fresh_signed(message: bytes | None = None) -> tuple[Identity, bytes, bytes]:
+    """A new key and message, so nothing about them is in the global table yet."""
+    ident = Identity.generate()
+    msg = message if message is not None else b"memo " + os.urandom(16)
+    return ident, msg, ident.sign(msg)
+
+
+class CountingVerifyKey:
+    """Stands in for nacl's VerifyKey and counts the curve checks."""
+
+    calls = 0
+    real = None  # nacl's VerifyKey, set by the fixture before it is patched
+
+    def __init__(self, key: bytes) -> None:
+        self._inner = self.real(key)
+
+    def verify(self, message: bytes, signature: bytes):
+        type(self).calls += 1
+        return self._inner.verify(message, signature)
+
+
+@pytest.fixture
+def curve_checks(monkeypatch):
+    """Counts p2p.keys' curve checks (only its own view of nacl is patched)."""
+    import types
+
+    import nacl.signing
+
+    import p2p.keys
+
+    counter = type("Counter", (CountingVerifyKey,), {"calls": 0, "real": nacl.signing.VerifyKey})
+    signing = types.SimpleNamespace(SigningKey=nacl.signing.SigningKey, VerifyKey=counter)
+    monkeypatch.setattr(p2p.keys, "nacl", types.SimpleNamespace(signing=signing))
+    return counter
+
+
+def test_a_valid_signature_verifies_twice_the_second_time_from_the_table(curve_checks):
+    from p2p.keys import VERIFIED, _VerifiedSignatures
+
+    ident, msg, sig = fresh_signed()
+    key = _VerifiedSignatures.key(ident.public_key, msg, sig)
+    assert key not in VERIFIED
+    assert verify_signature(ident.public_key, msg, sig)
+    assert key in VERIFIED
+    assert curve_checks.calls == 1
+    assert verify_signature(ident.public_key, msg, sig)
+    assert curve_checks.calls == 1  # answered from the table
+    assert VERIFIED.key(ident.public_key, msg, sig) == key
+
+
+def test_a_forged_signature_is_never_memoized_and_stays_false(curve_checks):
+    from p2p.keys import VERIFIED
+
+    ident, msg, sig = fresh_signed()
+    forgeries = [
+        Identity.generate().sign(msg),  # someone else's signature
+        sig[:-1] + bytes([sig[-1] ^ 1]),  # one bit flipped
+        bytes(64),
+        b"\xff" * 64,
+    ]
+    for forged in forgeries:
+        for _ in range(3):
+            assert not verify_signature(ident.public_key, msg, forged)
+        assert VERIFIED.key(ident.public_key, msg, forged) not in VERIFIED
+    assert curve_checks.calls == 3 * len(forgeries)  # checked every time
+    # Wrong lengths never reach the curve nor the table.
+    assert not verify_signature(ident.public_key, msg, sig[:63])
+    assert not verify_signature(ident.public_key[:31], msg, sig)
+    assert VERIFIED.key(ident.public_key, msg, sig[:63]) not in VERIFIED
+    assert curve_checks.calls == 3 * len(forgeries)
+
+
+def test_a_memoized_signature_is_false_for_another_message_or_key():
+    from p2p.keys import VERIFIED
+
+    ident, msg, sig = fresh_signed()
+    assert verify_signature(ident.public_key, msg, sig)
+    for other in (msg + b"\x00", msg[:-1], b"", b"memo"):
+        assert not verify_signature(ident.public_key, other, sig)
+        assert VERIFIED.key(ident.public_key, other, sig) not in VERIFIED
+    assert not verify_signature(Identity.generate().public_key, msg, sig)
+    # Moving bytes between the signature and the message does not alias a table entry.
+    assert not verify_signature(ident.public_key, sig[-1:] + msg, sig[:-1] + msg[:1])
+    assert verify_signature(ident.public_key, msg, sig)
+
+
+def test_the_table_evicts_the_oldest_first():
+    from p2p.keys import _VerifiedSignatures
+
+    table = _VerifiedSignatures(capacity=3)
+    keys = [bytes([i]) * 32 for i in range(6)]
+    for k in keys[:3]:
+        table.add(k)
+    assert all(k in table for k in keys[:3])
+    table.add(keys[3])
+    assert keys[0] not in table
+    assert all(k in table for k in keys[1:4])
+    table.add(keys[1])  # already there: no growth, and it keeps its place (first in, first out)
+    assert all(k in table for k in keys[1:4])
+    table.add(keys[4])
+    assert keys[1] not in table
+    assert all(k in table for k in keys[2:5])
+    table.add(keys[5])
+    assert [k in table for k in keys] == [False, False, False, True, True, True]
+
+
+def test_an_evicted_signature_still_verifies(monkeypatch, curve_checks):
+    import p2p.keys
+    from p2p.keys import _VerifiedSignatures
+
+    monkeypatch.setattr(p2p.keys, "VERIFIED", _VerifiedSignatures(capacity=2))
+    signed = [fresh_signed() for _ in range(3)]
+    for ident, msg, sig in signed:
+        assert verify_signature(ident.public_key, msg, sig)
+    assert curve_checks.calls == 3
+    ident, msg, sig = signed[0]  # evicted by the third
+    assert p2p.keys.VERIFIED.key(ident.public_key, msg, sig) not in p2p.keys.VERIFIED
+    assert verify_signature(ident.public_key, msg, sig)
+    assert curve_checks.calls == 4
+    ident, msg, sig = signed[2]  # still there
+    assert verify_signature(ident.public_key, msg, sig)
+    assert curve_checks.calls == 4
+
+
+def test_the_global_table_is_bounded():
+    from p2p.keys import VERIFIED
+
+    assert VERIFIED.capacity == 1 << 16
