@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup demo test unit integration bench clean
+.PHONY: setup demo test unit integration bench bench-report clean
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -43,6 +43,15 @@ bench: setup
 	$(BIN)/python bench/bench_consensus.py
 	$(BIN)/python bench/bench_ballot.py
 	$(BIN)/python bench/bench_anchor.py
+	$(BIN)/python bench/bench_gossip.py
+	$(BIN)/python bench/bench_agreement.py
+	$(BIN)/python bench/bench_throughput.py
+	$(BIN)/python bench/bench_e2e.py
+	$(BIN)/python bench/report.py
+
+# The summary (bench/results/summary.{json,md}) and figures (docs/perf/) from the results there are.
+bench-report: setup
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .hypothesis

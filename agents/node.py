@@ -20,6 +20,7 @@ without the LLM; a decision is stored with its certificate, then logged as one
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class BallotReady:
     commitment: Commitment
     reveal: Reveal
     seconds: float  # inference time (0 when the ballot was stored before a restart)
+    store_seconds: float = 0.0  # the store transaction that made it durable (shared by a batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +356,8 @@ class AgentNode:
             self.metrics.observe_ballot(ev.seconds)
         emit(log, "ballot_committed",
              f"ballot for {ev.motion_id.hex()[:12]} committed ({ev.seconds:.2f} s of inference)",
-             logging.DEBUG, motion_id=ev.motion_id.hex(), seconds=round(ev.seconds, 3), choice=b.choice)
+             logging.DEBUG, motion_id=ev.motion_id.hex(), seconds=round(ev.seconds, 3),
+             store_s=round(ev.store_seconds, 4), choice=b.choice)
         self._commit_out.append(ev.commitment)
 
     async def _reveal_when_due(self, now: float) -> None:
@@ -371,9 +374,13 @@ class AgentNode:
     async def _rebroadcast_ballots(self) -> None:
         # Gossip loses messages and peers restart: resend what we committed and revealed
         # for motions still open, each at most once per ballot_rebroadcast_ms.
+        # A motion whose ballots we already see revealed by a quorum waits only for a
+        # block (which carries its ballots): re-sending ours would be pure load, and with
+        # a backlog of hundreds of resolvable motions it was most of the traffic.
         now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
         due = [own for motion_id, own in self.mine.items()
-               if self.pool.get(motion_id) is not None and now - own.last_sent >= every][:MAX_RESEND_PER_TICK]
+               if self.pool.get(motion_id) is not None and now - own.last_sent >= every
+               and not self.pool.is_quorum(self.pool.progress(motion_id).revealed_power)][:MAX_RESEND_PER_TICK]
         for own in due:
             own.last_sent = now
             self._commit_out.append(own.commitment)
@@ -482,7 +489,9 @@ class AgentNode:
                  f"{exc.detail}", logging.ERROR, height=d.height)
             resolutions = ()
         ids = [r.motion_id for r in resolutions]
+        start = self._clock()
         await self.store.aappend_decision(d.height, d.round, d.block, d.certificate, resolved_motions=ids)
+        store_seconds = self._clock() - start
         self.pool.mark_decided(ids)
         for m in ids:
             self.mine.pop(m, None)
@@ -501,7 +510,7 @@ class AgentNode:
              f"COMMITTED h={d.height} round {d.round} block {block_hash[:12]} with {len(ids)} "
              f"resolution{'s' if len(ids) != 1 else ''}, certificate {power}/{total}",
              height=d.height, round=d.round, block_hash=block_hash, resolutions=len(ids),
-             certificate_power=power, total_power=total,
+             certificate_power=power, total_power=total, store_s=round(store_seconds, 4),
              latency_s=None if latency is None else round(latency, 3))
         for r in resolutions:
             self._log_agreement(d, r, block_hash, power, total)
@@ -598,41 +607,62 @@ async def run_ballot_worker(node: AgentNode, queue: trio.MemoryReceiveChannel, i
     """Deliberate on motions one at a time (the LLM is the scarce resource) and hand
     each committed ballot to the loop. The ballot and its salt are on disk before the
     commitment leaves, so a restart reveals what was committed and never commits twice.
-    Ballots that come quickly (a fast model, or ones stored before a restart) share one
-    store transaction, as long as that delays none of them by more than BALLOT_BATCH_S."""
-    from agents.llm import InferenceError  # noqa: PLC0415
 
+    The worker takes every motion already waiting, looks their stored ballots up in one
+    read, and stores new ballots in one transaction, flushing at least every
+    BALLOT_BATCH_S: a slow model commits each ballot as soon as it is made, while
+    zero-cost ballots cost two store round trips per batch instead of two per motion
+    (each round trip waits for a turn of a loop that libp2p keeps busy)."""
     task_status.started()
-    async for motion_id, motion in queue:
-        started = trio.current_time()
-        ready: list[BallotReady] = []
-        new: list[tuple[bytes, Ballot, bytes]] = []
-        while True:
-            if node.pool.get(motion_id) is not None:  # else decided while it waited
-                stored = await node.store.aballot(motion_id)
-                if stored is not None:
-                    ready.append(BallotReady(motion_id, commit(stored.ballot, stored.salt, node.identity), stored, 0.0))
-                else:
-                    start = trio.current_time()
-                    try:
-                        ballot = await node.deliberator.ballot(motion_id, motion)
-                    except InferenceError as exc:
-                        await inbox.send(BallotFailed(motion_id, str(exc)))
-                    else:
-                        reveal = Reveal(ballot, secrets.token_bytes(32))
-                        new.append((motion_id, ballot, reveal.salt))
-                        ready.append(BallotReady(motion_id, commit(ballot, reveal.salt, node.identity), reveal,
-                                                 trio.current_time() - start))
-            if trio.current_time() - started > BALLOT_BATCH_S or len(ready) >= MAX_BALLOT_BATCH:
-                break
+    async for first in queue:
+        batch = [first]
+        while len(batch) < MAX_BALLOT_BATCH:
             try:
-                motion_id, motion = queue.receive_nowait()
+                batch.append(queue.receive_nowait())
             except trio.WouldBlock:
                 break
+        batch = [(m, motion) for m, motion in batch if node.pool.get(m) is not None]  # else decided meanwhile
+        stored = await node.store.aballots([m for m, _ in batch]) if batch else {}
+        await _ballot_batch(node, batch, stored, inbox)
+
+
+async def _ballot_batch(node: AgentNode, batch: list, stored: dict, inbox: trio.MemorySendChannel) -> None:
+    from agents.llm import InferenceError  # noqa: PLC0415
+
+    ready: list[BallotReady] = []
+    new: list[tuple[bytes, Ballot, bytes]] = []
+
+    async def flush() -> None:
+        store_seconds = 0.0
         if new:
+            start = trio.current_time()
             await node.store.asave_ballots(new)
+            store_seconds = trio.current_time() - start
         for r in ready:
-            await inbox.send(r)
+            await inbox.send(dataclasses.replace(r, store_seconds=store_seconds))
+        ready.clear()
+        new.clear()
+
+    since = trio.current_time()
+    for motion_id, motion in batch:
+        reveal = stored.get(motion_id)
+        if reveal is not None:
+            ready.append(BallotReady(motion_id, commit(reveal.ballot, reveal.salt, node.identity), reveal, 0.0))
+        else:
+            start = trio.current_time()
+            try:
+                ballot = await node.deliberator.ballot(motion_id, motion)
+            except InferenceError as exc:
+                await inbox.send(BallotFailed(motion_id, str(exc)))
+                continue
+            reveal = Reveal(ballot, secrets.token_bytes(32))
+            new.append((motion_id, ballot, reveal.salt))
+            ready.append(BallotReady(motion_id, commit(ballot, reveal.salt, node.identity), reveal,
+                                     trio.current_time() - start))
+        if trio.current_time() - since >= BALLOT_BATCH_S:
+            await flush()
+            since = trio.current_time()
+    await flush()
 
 
 async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -132,7 +132,7 @@ async def serve_peer(
             name=node.name, height=node.core.height - 1, motions=st.motions, agreements=st.agreements,
             decisions=st.decisions, accepted=validator.accepted, rejected=rejected, duplicates=st.duplicates,
             inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
-            frames=net.stats.frames, ballots=dict(st.ballots),
+            frames=net.stats.frames, forced=net.stats.forced, ballots=dict(st.ballots),
         )
 
 

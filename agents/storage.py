@@ -449,11 +449,22 @@ class PeerStore:
 
     def ballot(self, motion_id: bytes) -> Reveal | None:
         """This agent's ballot for ``motion_id`` with its salt: what to reveal."""
-        _need_id("motion_id", motion_id)
+        return self.ballots([motion_id]).get(motion_id)
+
+    def ballots(self, motion_ids: Iterable[bytes]) -> dict[bytes, Reveal]:
+        """``ballot`` for several motions in one read: those stored, by motion id."""
+        ids = list(motion_ids)
+        for m in ids:
+            _need_id("motion_id", m)
+        found: dict[bytes, Reveal] = {}
         with self._tx(write=False) as db:
-            row = db.execute("SELECT ballot, salt FROM ballots WHERE motion_id = ?", (motion_id,)).fetchone()
-        if row is None:
-            return None
+            for motion_id in ids:
+                row = db.execute("SELECT ballot, salt FROM ballots WHERE motion_id = ?", (motion_id,)).fetchone()
+                if row is not None:
+                    found[motion_id] = self._reveal_row(motion_id, row)
+        return found
+
+    def _reveal_row(self, motion_id: bytes, row) -> Reveal:
         key = f"motion {motion_id.hex()}"
         try:
             reveal = Reveal(Ballot.decode(row[0]), row[1])
@@ -585,6 +596,7 @@ class PeerStore:
     asave_ballot = _in_thread(save_ballot)
     asave_ballots = _in_thread(save_ballots)
     aballot = _in_thread(ballot)
+    aballots = _in_thread(ballots)
     asave_commitment = _in_thread(save_commitment)
     acommitments = _in_thread(commitments)
     aadd_pending_motion = _in_thread(add_pending_motion)

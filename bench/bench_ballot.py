@@ -2,11 +2,16 @@
 it, and a plain llama-cpp-python call on the same prompt and grammar.
 
 The three are interleaved motion by motion (so machine noise hits them alike) and
-reported as medians and ratios. Writes bench/results/ballot.json.
+reported as medians and ratios.
+
+    python bench/bench_ballot.py [--rounds 2] [--motions 6] [--out FILE]
+
+Writes bench/results/ballot.json; the last line is the headline figure.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -39,28 +44,35 @@ def raw_call(llm, llama_cpp, text: str, options) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import llama_cpp
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="each motion this many times per mode")
+    parser.add_argument("--motions", type=int, default=len(MOTIONS), help=f"how many of the {len(MOTIONS)} motions")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ballot.json")
+    args = parser.parse_args(argv)
+    motions = MOTIONS[: max(1, min(len(MOTIONS), args.motions))]
 
     cached, uncached = ModelRuntime(prefix_cache=True), ModelRuntime(prefix_cache=False)
     raw = llama_cpp.Llama(model_path=str(cached.path), n_ctx=cached.n_ctx, verbose=False, seed=0)
     cached.answer(DEFAULT_PERSONA, "Warm up?", ("yes", "no"))  # fills the prefix cache once
     samples: dict[str, list[float]] = {"cached": [], "uncached": [], "raw": []}
     tokens = {"prompt": [], "generated": []}
-    for r in range(ROUNDS):
-        for text, options in MOTIONS:
+    for r in range(args.rounds):
+        for text, options in motions:
             a = cached.answer(DEFAULT_PERSONA, text, options)
             samples["cached"].append(a.timings["total_ms"])
             tokens["prompt"].append(a.timings["prompt_tokens"])
             tokens["generated"].append(a.timings["generated_tokens"])
             samples["uncached"].append(uncached.answer(DEFAULT_PERSONA, text, options).timings["total_ms"])
             samples["raw"].append(raw_call(raw, llama_cpp, text, options))
-            print(f"  round {r + 1}/{ROUNDS}: {text[:40]!r}", file=sys.stderr, flush=True)
+            print(f"  round {r + 1}/{args.rounds}: {text[:40]!r}", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     result = {
         "benchmark": "ballot latency: prefix cache vs none vs raw llama-cpp-python (same prompt and grammar)",
         "model": cached.path.name, "python": platform.python_version(), "machine": platform.machine(),
-        "motions": len(MOTIONS), "rounds": ROUNDS,
+        "motions": len(motions), "rounds": args.rounds,
         "median_ms": {k: round(v, 1) for k, v in med.items()},
         "ratio_uncached_over_cached": round(med["uncached"] / med["cached"], 2),
         "ratio_raw_over_cached": round(med["raw"] / med["cached"], 2),
@@ -73,10 +85,13 @@ def main() -> None:
         print(f"{k:>10} {med[k]:>10.1f} {med[k] / med['cached']:>9.2f}x")
     print(f"(median prompt {result['median_prompt_tokens']} tokens, "
           f"{result['median_generated_tokens']} generated)")
-    out = Path(__file__).resolve().parent / "results" / "ballot.json"
-    out.parent.mkdir(exist_ok=True)
+    result["headline"] = (f"prefix-cached ballot {med['cached']:.0f} ms = {med['cached'] / med['uncached']:.2f}x "
+                          f"uncached ({med['uncached']:.0f} ms); raw llama-cpp-python {med['raw']:.0f} ms")
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"written to {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
+    print(f"headline: {result['headline']}")
 
 
 if __name__ == "__main__":

@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(), "machine": platform.machine(), "seed": args.seed,
         "results": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows],
     }
+    first, last = rows[0], rows[-1]
+    report["headline"] = (f"one height in simulation: {1000 * first['wall s/height']:.1f} ms wall at n={first['n']}, "
+                          f"{last['wall s/height']:.2f} s at n={last['n']} ({last['msgs/height']:.0f} messages/height)")
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    print(f"headline: {report['headline']}")
     return 0
 
 

@@ -38,9 +38,10 @@ QUIET_TIMEOUT = 60.0
 
 
 def bench_params(**overrides) -> Params:
-    """Swarm parameters for benchmarks: one client may submit as fast as it likes."""
+    """Swarm parameters for benchmarks: one client may submit as fast as it likes, and
+    a block may be as large as a message can be (1 MB: up to 256 resolutions)."""
     base = dict(client_rate_per_s=10_000.0, client_burst=100_000, max_pending_motions=100_000,
-                max_pending_per_sender=100_000, max_resolutions_per_block=256)
+                max_pending_per_sender=100_000, max_resolutions_per_block=256, max_message_bytes=1_000_000)
     base.update(overrides)
     return Params(**base)
 

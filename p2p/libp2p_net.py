@@ -74,6 +74,7 @@ GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 # delivery p50 of 53 ms and one motion agreed in 3.8 s; D=4/3/8 gave 18 ms and 2.5 s.
 MESH_DEGREE, MESH_DEGREE_LOW, MESH_DEGREE_HIGH = 4, 3, 8
 PEER_QUEUE_HIGH_WATER = 24  # of py-libp2p's 32 per peer
+QUEUE_WAIT_S = 5.0  # a peer that reads slowly under load catches up within this
 DIAL_TIMEOUT = 5.0
 RECONNECT_TICK = 0.25
 CLOSE_TIMEOUT = 1.5
@@ -385,10 +386,14 @@ async def _send_loop(outbox: trio.MemoryReceiveChannel[bytes], net: Libp2pNetwor
             batch.append(data)
             size += len(data) + ITEM_OVERHEAD
         # py-libp2p drops, silently, what does not fit in a peer's queue of 32: wait
-        # (bounded) for the fullest queue to drain before adding more.
-        with trio.move_on_after(1.0):
+        # for the fullest queue to drain before adding more. Bounded, so that one stuck
+        # peer cannot stop us; past the bound the message may be lost for that peer
+        # (counted: the protocol above re-sends what matters).
+        with trio.move_on_after(QUEUE_WAIT_S) as waited:
             while any(len(q) >= PEER_QUEUE_HIGH_WATER for q in net._pubsub.peer_queues.values()):
                 await trio.sleep(0.002)
+        if waited.cancelled_caught:
+            net.stats.forced += 1
         await net._pubsub.publish(net._topic, encode_bundle(batch))
         net.stats.published += len(batch)
         net.stats.frames += 1

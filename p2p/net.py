@@ -28,7 +28,7 @@ from p2p.errors import RemoteProtocolError
 # The largest message any network accepts. py-libp2p silently drops frames of 1 MiB
 # and more; leave room for the pubsub framing.
 MAX_FRAME_BYTES = 1_000_000
-INBOX_SIZE = 1024
+INBOX_SIZE = 4096  # above the 1024 envelopes one bundle may hold (p2p/bundle.py)
 OUTBOX_SIZE = 256
 
 
@@ -69,6 +69,7 @@ NetworkEvent = MessageArrived | PeerConnected | PeerDisconnected
 class NetworkStats:
     published: int = 0  # envelopes handed to the transport, by the single sender task
     frames: int = 0  # transport messages they went in (several envelopes may share one)
+    forced: int = 0  # published although a peer's queue was full after waiting: maybe lost for it
     received: int = 0  # delivered into ``events`` (own messages included), after the gate
     gated: int = 0  # refused by the gate: not delivered, not relayed
     inbound_dropped: int = 0  # events lost because ``events`` was full
