@@ -645,6 +645,8 @@ async def _ballot_batch(node: AgentNode, batch: list, stored: dict, inbox: trio.
 
     since = trio.current_time()
     for motion_id, motion in batch:
+        if node.pool.get(motion_id) is None:
+            continue  # decided while the model worked on the ones before it
         reveal = stored.get(motion_id)
         if reveal is not None:
             ready.append(BallotReady(motion_id, commit(reveal.ballot, reveal.salt, node.identity), reveal, 0.0))

@@ -118,9 +118,8 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_four_validators_agree_on_ten_motions(swarm: Swarm) -> None:
-    (port,) = free_tcp_ports(1)
-    peers = {v.name: swarm.start(v.name, *(["--metrics", str(port)] if v.name == "v1" else []), model=None)
-             for v in swarm.cfg.validators}
+    ports = dict(zip([v.name for v in swarm.cfg.validators], free_tcp_ports(len(swarm.cfg.validators)), strict=True))
+    peers = {v.name: swarm.start(v.name, "--metrics", str(ports[v.name]), model=None) for v in swarm.cfg.validators}
     for p in peers.values():
         wait_joined(p, set(peers) - {p.name})
     ids = submit(swarm, motions(10))
@@ -131,14 +130,18 @@ def test_four_validators_agree_on_ten_motions(swarm: Swarm) -> None:
         assert not p.named("evidence")
     tip = max(e["height"] for e in peers["v1"].named("block_committed"))
 
-    metrics = scrape(port)
-    assert metrics["conclave_height"] == tip
-    assert metrics["conclave_peers_connected"] >= 3
-    assert metrics["conclave_messages_in_total{type=vote}"] > 0
-    assert metrics["conclave_messages_out_total{type=ballot_commit}"] >= 1
-    assert metrics["conclave_commit_latency_seconds_count"] >= 1
-    assert metrics["conclave_ballot_latency_seconds_count"] >= 1
-    assert sum(v for k, v in metrics.items() if k.startswith("conclave_motions_resolved_total{")) == 10
+    scraped = {name: scrape(port) for name, port in ports.items()}
+    for metrics in scraped.values():
+        assert metrics["conclave_height"] == tip
+        assert metrics["conclave_peers_connected"] >= 3
+        assert metrics["conclave_messages_in_total{type=vote}"] > 0
+        assert metrics["conclave_commit_latency_seconds_count"] >= 1
+        assert sum(v for k, v in metrics.items() if k.startswith("conclave_motions_resolved_total{")) == 10
+    # The slowest model's ballots may all come after their motions were decided (and are
+    # dropped): count ballots over the swarm, where a quorum of 3 must have committed.
+    committers = [m for m in scraped.values() if m["conclave_messages_out_total{type=ballot_commit}"] >= 1]
+    assert len(committers) >= 3
+    assert all(m["conclave_ballot_latency_seconds_count"] >= 1 for m in committers)
 
     res = run_conclave("status", "--swarm", str(swarm.file), "--json")
     assert res.returncode == 0, res.stderr
