@@ -35,6 +35,17 @@ def free_tcp_ports(n: int) -> list[int]:
             s.close()
 
 
+def joined(events: list[Event], names: set[str]) -> bool:
+    """Whether a peer's events show a live connection to every peer in ``names``."""
+    live: set[str] = set()
+    for e in events:
+        if e["event"] == "peer_joined":
+            live.add(e["peer"])
+        elif e["event"] == "peer_left":
+            live.discard(e["peer"])
+    return names <= live
+
+
 def conclave_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "agents.cli", *args]
 

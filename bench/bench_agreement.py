@@ -24,8 +24,6 @@ Writes bench/results/agreement.json; the last line is the headline figure.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -37,7 +35,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from bench_gossip import measure_gossip  # noqa: E402
-from swarm_harness import ROOT, MotionClient, bench_params, event_time, percentile, running_swarm  # noqa: E402
+from swarm_harness import (  # noqa: E402
+    ROOT, MotionClient, bench_params, event_time, percentile, running_swarm, write_report,
+)
 
 RESULTS = ROOT / "bench" / "results" / "agreement.json"
 DECIDE_TIMEOUT = 120.0
@@ -110,15 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(rows) > 1:
         last = rows[-1]
         headline += f"; {last['p50_ms']:.0f} ms at n={last['n']}"
-    report = {
-        "benchmark": "agreement latency: quorum of ballots available -> decided at every peer, separate processes "
-                     "on 127.0.0.1, zero-cost ballots; beside the gossip delivery p50 of the same run",
-        "python": platform.python_version(), "machine": platform.machine(), "headline": headline,
-        "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"headline: {headline}")
+    write_report(args.out, "agreement latency: quorum of ballots available -> decided at every peer, separate "
+                 "processes on 127.0.0.1, zero-cost ballots; beside the gossip delivery p50 of the same run",
+                 headline, rows)
     return 0
 
 

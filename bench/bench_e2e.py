@@ -36,8 +36,6 @@ Writes bench/results/e2e.json; the last line is the headline figure.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,9 @@ import trio
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from swarm_harness import ROOT, MotionClient, bench_params, event_time, percentile, running_swarm  # noqa: E402
+from swarm_harness import (  # noqa: E402
+    ROOT, MotionClient, bench_params, event_time, percentile, running_swarm, write_report,
+)
 
 from agents.llm import default_model_path  # noqa: E402
 
@@ -134,16 +134,6 @@ def measure(n: int, motions: int, workdir: Path, model: str) -> dict:
     }
 
 
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 4)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--validators", type=int, default=4, help="validators (one llama.cpp thread each)")
@@ -168,17 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     headline = (f"{row['motions_per_s']:.2f} motions/s with the real model at n={row['n']}; per motion "
                 f"{100 * share['inference']:.0f}% inference, {100 * share['waiting']:.0f}% waiting for ballots, "
                 f"{100 * share['consensus']:.0f}% consensus, {100 * share['storage']:.0f}% storage")
-    report = {
-        "benchmark": "end-to-end throughput with the real default model (SmolLM2-135M-Instruct, one llama.cpp "
-                     "thread per validator), separate processes on 127.0.0.1, all motions submitted at once; "
-                     "each motion's receipt-to-decision time split into inference, waiting for ballots, "
-                     "consensus and storage (definitions in bench/bench_e2e.py)",
-        "python": platform.python_version(), "machine": platform.machine(), "model": Path(model).name,
-        "headline": headline, "results": [_rounded(row)],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"headline: {headline}")
+    write_report(args.out, "end-to-end throughput with the real default model (SmolLM2-135M-Instruct, one llama.cpp "
+                 "thread per validator), separate processes on 127.0.0.1, all motions submitted at once; each "
+                 "motion's receipt-to-decision time split into inference, waiting for ballots, consensus and "
+                 "storage (definitions in bench/bench_e2e.py)",
+                 headline, [row], model=Path(model).name)
     return 0
 
 

@@ -20,8 +20,6 @@ Writes bench/results/throughput.json; the last line is the headline figure.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ import trio
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from swarm_harness import ROOT, MotionClient, bench_params, event_time, running_swarm  # noqa: E402
+from swarm_harness import ROOT, MotionClient, bench_params, event_time, running_swarm, write_report  # noqa: E402
 
 DEADLINE_MS = 10_000
 
@@ -123,19 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             row["wall_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
             print(" ".join(format(row[key], f">{width}{fmt}") for _, key, width, fmt in COLUMNS), flush=True)
-    headline = "; ".join(f"{r['motions_per_s']:.0f} motions/s at n={r['n']} ({r['closed_by_deadline']} closed by "
-                         f"deadline) "
-                         f"({r['envelopes_per_motion']:.1f} envelopes, {r['frames_per_motion']:.2f} pubsub messages "
-                         f"per motion)" for r in rows)
-    report = {
-        "benchmark": "consensus throughput: motions decided per second with zero-cost ballots, separate processes "
-                     "on 127.0.0.1, one client submitting as fast as it can",
-        "python": platform.python_version(), "machine": platform.machine(), "headline": headline,
-        "results": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"headline: {headline}")
+    headline = "; ".join(f"{r['motions_per_s']:.0f} motions/s at n={r['n']} ({r['envelopes_per_motion']:.1f} envelopes, "
+                         f"{r['frames_per_motion']:.2f} pubsub messages per motion, {r['closed_by_deadline']} closed "
+                         f"by deadline)" for r in rows)
+    write_report(args.out, "consensus throughput: motions decided per second with zero-cost ballots, separate "
+                 "processes on 127.0.0.1, one client submitting at an offered rate", headline, rows)
     return 0
 
 

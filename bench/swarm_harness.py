@@ -9,7 +9,9 @@ own process that publishes signed motions, as `conclave propose` does.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.peer import Outbox  # noqa: E402
-from agents.procs import PeerProcess, free_tcp_ports  # noqa: E402
+from agents.procs import PeerProcess, free_tcp_ports, joined  # noqa: E402
 from agents.run import FIXED_MODEL, dial_targets, wait_until  # noqa: E402
 from agents.swarm_init import SWARM_FILE, init_swarm  # noqa: E402
 from p2p.envelope import MessageType  # noqa: E402
@@ -49,6 +51,25 @@ def bench_params(**overrides) -> Params:
 def event_time(event: dict) -> float:
     """Seconds since the epoch of a logged event."""
     return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def write_report(out: Path, benchmark: str, headline: str, results: list[dict], **extra) -> None:
+    """Write a benchmark's JSON (floats rounded to 4 places) and print its headline,
+    the last line every benchmark prints."""
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return value
+
+    report = {"benchmark": benchmark, "python": platform.python_version(), "machine": platform.machine(),
+              **extra, "headline": headline, "results": [rounded(r) for r in results]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"headline: {headline}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +100,7 @@ class BenchSwarm:
             self.procs.append(PeerProcess(v.name, args))
         names = {v.name for v in self.cfg.validators}
         for p in self.procs:
-            p.wait_for(lambda evs, me=p.name: _joined(evs, names - {me}), START_TIMEOUT, "joined the swarm")
+            p.wait_for(lambda evs, me=p.name: joined(evs, names - {me}), START_TIMEOUT, "joined the swarm")
         self.wait_quiet()
 
     def cpu_seconds(self) -> float:
@@ -121,16 +142,6 @@ class BenchSwarm:
         for p in self.procs:
             p.wait_for(lambda evs: motion_ids <= {e.get("motion_id") for e in evs if e["event"] == "agreement"},
                        timeout, f"{len(motion_ids)} motions agreed")
-
-
-def _joined(events: list[dict], names: set[str]) -> bool:
-    live: set[str] = set()
-    for e in events:
-        if e["event"] == "peer_joined":
-            live.add(e["peer"])
-        elif e["event"] == "peer_left":
-            live.discard(e["peer"])
-    return names <= live
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.procs import PeerProcess, free_tcp_ports
+from agents.procs import PeerProcess, free_tcp_ports, joined
 from agents.run import FIXED_MODEL
 from agents.swarm_init import SWARM_FILE, init_swarm
 from p2p.swarmfile import SwarmConfig
@@ -45,17 +45,7 @@ class Swarm:
 
 def wait_joined(proc: PeerProcess, names: set[str], timeout: float = JOIN_TIMEOUT) -> None:
     """Until ``proc`` has a live connection to every peer in ``names``."""
-
-    def connected(events: list[dict]) -> bool:
-        live: set[str] = set()
-        for e in events:
-            if e["event"] == "peer_joined":
-                live.add(e["peer"])
-            elif e["event"] == "peer_left":
-                live.discard(e["peer"])
-        return names <= live
-
-    proc.wait_for(connected, timeout, f"connected to {sorted(names)}")
+    proc.wait_for(lambda events: joined(events, names), timeout, f"connected to {sorted(names)}")
 
 
 def received(proc: PeerProcess, motion_id: str) -> int:
