@@ -198,10 +198,13 @@ class AgentNode:
                          timeouts=timeouts_of(self.swarm), safety=safety, start_heights_at_once=False)
         self.driver = ConsensusDriver(self.core, self, self._clock)
         now = self._clock()
-        for pm in await self.store.apending_motions():
+        pending = await self.store.apending_motions()
+        # One read for all our stored ballots, not a store round trip per pending motion.
+        own = await self.store.aballots([pm.motion_id for pm in pending]) if self.is_validator else {}
+        for pm in pending:
             env = decode_envelope(pm.envelope)  # our own disk: written after validation
             self.pool.add_motion(pm.motion_id, pm.envelope, Motion.decode(env.payload), env.sender, now)
-            stored = await self.store.aballot(pm.motion_id) if self.is_validator else None
+            stored = own.get(pm.motion_id)
             if stored is not None:
                 c = commit(stored.ballot, stored.salt, self.identity)
                 self.mine[pm.motion_id] = OwnBallot(c, stored, now, now - 1e9)
