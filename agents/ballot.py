@@ -160,11 +160,15 @@ class ModelFingerprint:
     def from_dict(cls, doc: object) -> ModelFingerprint:
         doc = _need_map(doc, "fingerprint")
         sampling = _need_map(_need(doc, "sampling", "fingerprint"), "fingerprint.sampling")
-        kwargs = {f.name: _need(doc, f.name, "fingerprint") for f in dataclasses.fields(cls)
-                  if f.name not in ("sampling", "model_file")}
+        kwargs = {name: _need(doc, name, "fingerprint") for name in _FINGERPRINT_FIELDS}
         kwargs["model_file"] = doc.get("model_file", "")
-        skw = {f.name: _need(sampling, f.name, "fingerprint.sampling") for f in dataclasses.fields(Sampling)}
+        skw = {name: _need(sampling, name, "fingerprint.sampling") for name in _SAMPLING_FIELDS}
         return cls(sampling=Sampling(**skw), **kwargs)
+
+
+# Looked up once: every received ballot is decoded with them.
+_FINGERPRINT_FIELDS = tuple(f.name for f in dataclasses.fields(ModelFingerprint) if f.name not in ("sampling", "model_file"))
+_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ twice to different ballots for one motion, shown as evidence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ DIGEST_DOMAIN = b"conclave/ballot-commitment/v1\x00"
 SIGNING_DOMAIN = b"conclave/commitment/v1\x00"
 SALT_BYTES = 32
 DIGEST_BYTES = 32
+# Reveals remembered by their bytes: a block of 128 resolutions at n=16 carries 2048,
+# received as ballots before it. At most a few KB each.
+DECODED_REVEALS = 4096
 
 
 class CommitmentError(BallotError):
@@ -114,6 +118,12 @@ class Reveal:
 
     @classmethod
     def decode(cls, data: bytes) -> Reveal:
+        # A reveal is decoded when it arrives and again in each block that carries it:
+        # the same bytes give the same (immutable) Reveal. Failures are not remembered.
+        return _decode_reveal(data)
+
+    @classmethod
+    def _decode(cls, data: bytes) -> Reveal:
         doc = decode_payload_map(data, "reveal")
         inner = doc.get("ballot")
         if not isinstance(inner, bytes):
@@ -123,6 +133,11 @@ class Reveal:
             return cls(ballot, doc.get("salt"))
         except LocalProtocolError as exc:
             raise RemoteProtocolError(RejectReason.BAD_PAYLOAD, f"reveal: {exc}") from None
+
+
+@functools.lru_cache(maxsize=DECODED_REVEALS)
+def _decode_reveal(data: bytes) -> Reveal:
+    return Reveal._decode(data)
 
 
 def commit(ballot: Ballot, salt: bytes, identity: Identity) -> Commitment:

@@ -147,7 +147,8 @@ async def run_peer_process(opts: PeerOptions) -> None:
     gate = PeerGate(swarm, metrics=metrics)
     p = swarm.params
     cfg = NetworkConfig(opts.identity, swarm.topic, opts.listen, opts.dial,
-                        p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate)
+                        p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate,
+                        validators=swarm.validator_peer_ids)
     try:
         deliberator = await _deliberator(opts) if is_validator else None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -14,6 +14,14 @@ delivered. Publishing goes through one sender task that waits while any peer's
 outgoing queue (32, overflow silently dropped) is nearly full, and that packs whatever
 is waiting into one pubsub message (``p2p/bundle.py``): py-libp2p's cost is per message,
 so under load hundreds of envelopes a second travel as a few messages.
+
+Given the swarm's validators (``NetworkConfig.validators``), a validator sends each frame
+to the others over direct streams (``p2p/direct.py``) instead of gossip: once per peer,
+never relayed. Gossip then carries a validator's frames only to observers, on a second
+topic only they subscribe to (``follow_topic``), and to the swarm topic as well while a
+validator that may be reachable only through others has no direct link (one without a
+known address, or connected without a link). A frame that arrives by both paths is
+delivered once. Clients and observers publish on the swarm topic as before.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2p.direct import DIRECT_PROTOCOL, DirectLinks, DirectStats, RecentFrames, direct_stream_handler
 from p2p.bundle import ITEM_OVERHEAD, MAX_BUNDLE_ENVELOPES, encode_bundle, split_frame
 from p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from p2p.keys import Identity
@@ -102,6 +111,17 @@ class NetworkConfig:
     # sends straight to up to D peers known to subscribe (gossipsub's fanout).
     subscribe: bool = True
     gate: Gate | None = None
+    # The peer ids of the swarm's validators: only they may open direct streams to us.
+    # If we are one of them, our frames go to the others directly (module docstring);
+    # if we are not and we subscribe, we also follow the validators' frames on
+    # ``follow_topic``. Empty: gossip only, as any libp2p pubsub peer.
+    validators: frozenset[str] = frozenset()
+
+
+def follow_topic(topic: str) -> str:
+    """The topic validators publish their frames on for observers (validators do not
+    subscribe to it, so it costs them nothing when nobody follows)."""
+    return f"{topic}/follow"
 
 
 class _ConnectionNotifee(INotifee):
@@ -142,8 +162,14 @@ class Libp2pNetwork:
     _topic: str
     _events_in: trio.MemorySendChannel[NetworkEvent]
     _outbox: trio.MemorySendChannel[bytes]
+    _gate: Gate | None = None
     _connected: set[str] = field(default_factory=set)
     _unsent: int = 0
+    direct_stats: DirectStats = field(default_factory=DirectStats)
+    _direct: DirectLinks | None = None  # set when we are a validator among others
+    _dialable: frozenset[str] = frozenset()  # peers our reconnect loop dials (known addresses)
+    _recent: RecentFrames | None = None  # set when frames may arrive by two paths
+    _inbound: dict[str, int] = field(default_factory=dict)  # open direct streams per validator
 
     @property
     def host(self):
@@ -172,7 +198,8 @@ class Libp2pNetwork:
 
     async def drain(self) -> None:
         # libp2p offers no event for "peer queue empty": poll (callers bound the wait).
-        while self._unsent or any(len(q) for q in self._pubsub.peer_queues.values()):
+        while (self._unsent or (self._direct is not None and self._direct.pending)
+               or any(len(q) for q in self._pubsub.peer_queues.values())):
             await trio.sleep(0.005)
 
     async def settle(self) -> None:
@@ -272,10 +299,21 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
         _topic=cfg.topic,
         _events_in=events_in,
         _outbox=outbox_in,
+        _gate=cfg.gate,
+        _dialable=frozenset(t.peer_id for t in cfg.dial),
     )
+    is_validator = net.local_peer in cfg.validators
+    follows = bool(cfg.validators) and cfg.subscribe and not is_validator
+    if cfg.validators:
+        net._recent = RecentFrames()
+        host.set_stream_handler(DIRECT_PROTOCOL, direct_stream_handler(
+            cfg.validators, MAX_FRAME_BYTES, lambda frame, peer: _admit_frame(net, frame, peer),
+            lambda error, data, peer: _refuse(net, error, data, peer), net.direct_stats, net._inbound))
     # Both hooks go in before the host runs, so no early connection or message escapes them.
     host.get_network().register_notifee(_ConnectionNotifee(net))
-    pubsub.set_topic_validator(cfg.topic, _gate_hook(cfg.gate, net), is_async_validator=False)
+    pubsub.set_topic_validator(cfg.topic, _gate_hook(net), is_async_validator=False)
+    if follows:
+        pubsub.set_topic_validator(follow_topic(cfg.topic), _gate_hook(net), is_async_validator=False)
     try:
         # Pubsub first: entering host.run() before pubsub is started can crash it (DESIGN.md).
         async with background_trio_service(pubsub), background_trio_service(gossipsub), host.run(listen_addrs=listen):
@@ -285,6 +323,7 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
                 # libp2p logs a failed bind at debug and carries on listening on nothing.
                 raise ConfigError(f"cannot listen on {', '.join(cfg.listen_addrs)} (address in use?)")
             subscription = await pubsub.subscribe(cfg.topic) if cfg.subscribe else None
+            following = await pubsub.subscribe(follow_topic(cfg.topic)) if follows else None
             book = PeerBook(cfg.backoff_initial, cfg.backoff_max, random.Random())
             for target in cfg.dial:
                 if target.peer_id != net.local_peer:
@@ -293,6 +332,10 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
                 async with trio.open_nursery() as nursery:
                     if subscription is not None:
                         nursery.start_soon(_drain_subscription, subscription, net)
+                    if following is not None:
+                        nursery.start_soon(_drain_subscription, following, net)
+                    if is_validator and len(cfg.validators) > 1:
+                        net._direct = DirectLinks(host, cfg.validators - {net.local_peer}, nursery, net.direct_stats)
                     nursery.start_soon(_send_loop, outbox_out, net)
                     nursery.start_soon(_reconnect_loop, book, net)
                     task_status.started(net)
@@ -315,42 +358,60 @@ async def _close_listeners(host) -> None:
             log.debug("closing listener: %s", exc)
 
 
-def _gate_hook(gate: Gate | None, net: Libp2pNetwork):
+def _gate_hook(net: Libp2pNetwork):
     """gossipsub's synchronous topic validator: called once per new message (own
     publishes included) before it is delivered or relayed; False stops both."""
 
     def hook(forwarder: ID, msg) -> bool:
-        data = bytes(msg.data)
-        source = forwarder.to_base58()
-        try:
-            parts = split_frame(data)
-        except RemoteProtocolError as exc:
-            net.stats.gated += 1
-            if gate is not None:
-                try:
-                    gate.refuse(exc, data, source)
-                except Exception:  # a bug in the gate must not kill libp2p's receive task
-                    log.exception("gate failed on a malformed bundle from %s", source)
-            return False
-        relay = True
-        for part in parts:
-            verdict = None
-            if gate is not None:
-                try:
-                    verdict = gate.admit(part, source)
-                except Exception:  # a bug in the gate must not kill libp2p's receive task
-                    log.exception("gate failed on a message from %s; dropped", source)
-                if verdict is None:
-                    # The good envelopes of a bundle are still delivered, but the bundle
-                    # is not relayed: a bad envelope stops at the first honest peer.
-                    net.stats.gated += 1
-                    relay = False
-                    continue
-            net.stats.received += 1
-            offer(net._events_in, MessageArrived(part, source, verdict), net.stats)
-        return relay
+        return _admit_frame(net, bytes(msg.data), forwarder.to_base58())
 
     return hook
+
+
+def _admit_frame(net: Libp2pNetwork, data: bytes, source: str) -> bool:
+    """Judge each envelope of one frame with the gate and deliver the good ones; True
+    if all were good (gossip relays only such a frame). A frame seen before by the other
+    path (direct or gossip) is not delivered again."""
+    digest = None
+    if net._recent is not None:
+        digest = RecentFrames.digest(data)
+        seen = net._recent.get(digest)
+        if seen is not None:
+            net.direct_stats.duplicates += 1
+            return seen
+    try:
+        parts = split_frame(data)
+    except RemoteProtocolError as exc:
+        _refuse(net, exc, data, source)
+        return False
+    gate, relay = net._gate, True
+    for part in parts:
+        verdict = None
+        if gate is not None:
+            try:
+                verdict = gate.admit(part, source)
+            except Exception:  # a bug in the gate must not kill libp2p's receive task
+                log.exception("gate failed on a message from %s; dropped", source)
+            if verdict is None:
+                # The good envelopes of a bundle are still delivered, but the bundle
+                # is not relayed: a bad envelope stops at the first honest peer.
+                net.stats.gated += 1
+                relay = False
+                continue
+        net.stats.received += 1
+        offer(net._events_in, MessageArrived(part, source, verdict), net.stats)
+    if digest is not None:
+        net._recent.add(digest, relay)
+    return relay
+
+
+def _refuse(net: Libp2pNetwork, error: RemoteProtocolError, data: bytes, source: str) -> None:
+    net.stats.gated += 1
+    if net._gate is not None:
+        try:
+            net._gate.refuse(error, data, source)
+        except Exception:  # a bug in the gate must not kill libp2p's receive task
+            log.exception("gate failed on a malformed frame from %s", source)
 
 
 async def _drain_subscription(subscription, net: Libp2pNetwork) -> None:
@@ -385,19 +446,42 @@ async def _send_loop(outbox: trio.MemoryReceiveChannel[bytes], net: Libp2pNetwor
                 break
             batch.append(data)
             size += len(data) + ITEM_OVERHEAD
-        # py-libp2p drops, silently, what does not fit in a peer's queue of 32: wait
-        # for the fullest queue to drain before adding more. Bounded, so that one stuck
-        # peer cannot stop us; past the bound the message may be lost for that peer
-        # (counted: the protocol above re-sends what matters).
-        with trio.move_on_after(QUEUE_WAIT_S) as waited:
-            while any(len(q) >= PEER_QUEUE_HIGH_WATER for q in net._pubsub.peer_queues.values()):
-                await trio.sleep(0.002)
-        if waited.cancelled_caught:
-            net.stats.forced += 1
-        await net._pubsub.publish(net._topic, encode_bundle(batch))
+        frame = encode_bundle(batch)
+        if net._direct is None:
+            await _publish(net, net._topic, frame)
+        else:
+            await _send_direct(net, net._direct, frame)
         net.stats.published += len(batch)
         net.stats.frames += 1
         net._unsent -= len(batch)
+
+
+async def _send_direct(net: Libp2pNetwork, direct: DirectLinks, frame: bytes) -> None:
+    connected = net.connected_peers()
+    linked = frozenset(p for p in direct.peers if direct.linkable(p, connected))
+    # A validator we dial but are not connected to is taken to be down (it catches up
+    # when back); one we cannot dial, or connected without a link, may hear us through
+    # others: gossip carries the frame to it, and to the observers on the way.
+    by_gossip = direct.peers - linked - (net._dialable - connected)
+    _admit_frame(net, frame, net.local_peer)  # our own, delivered back, as pubsub does
+    await direct.send(frame, linked, QUEUE_WAIT_S)
+    if by_gossip:
+        await _publish(net, net._topic, frame)
+    elif net._pubsub.peer_topics.get(follow_topic(net._topic)):
+        await _publish(net, follow_topic(net._topic), frame)
+
+
+async def _publish(net: Libp2pNetwork, topic: str, frame: bytes) -> None:
+    # py-libp2p drops, silently, what does not fit in a peer's queue of 32: wait for the
+    # fullest queue to drain before adding more. Bounded, so that one stuck peer cannot
+    # stop us; past the bound the message may be lost for that peer (counted: the
+    # protocol above re-sends what matters).
+    with trio.move_on_after(QUEUE_WAIT_S) as waited:
+        while any(len(q) >= PEER_QUEUE_HIGH_WATER for q in net._pubsub.peer_queues.values()):
+            await trio.sleep(0.002)
+    if waited.cancelled_caught:
+        net.stats.forced += 1
+    await net._pubsub.publish(topic, frame)
 
 
 async def _reconnect_loop(book: PeerBook, net: Libp2pNetwork) -> None:

@@ -144,6 +144,10 @@ class SwarmConfig:
                 return v
         return None
 
+    @property
+    def validator_peer_ids(self) -> frozenset[str]:
+        return frozenset(v.peer_id for v in self.validators)
+
     def validator_by_peer_id(self, peer_id: str) -> Validator | None:
         for v in self.validators:
             if v.peer_id == peer_id:

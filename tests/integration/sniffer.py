@@ -1,5 +1,5 @@
-"""A traffic recorder for the integration tests: joins a swarm as a plain subscriber
-and writes every validly signed consensus vote it sees, one hex line each, so a test can
+"""A traffic recorder for the integration tests: joins a swarm as an observer connected
+to every validator (it follows their frames, which go to each other directly) and writes every validly signed consensus vote it sees, one hex line each, so a test can
 run the evidence detector over a whole run's traffic (not just what each peer kept).
 
     python -m tests.integration.sniffer SWARM_FILE OUT_FILE
@@ -27,8 +27,10 @@ from p2p.swarmfile import load_swarm_file
 async def main(swarm_file: Path, out: Path) -> None:
     swarm = load_swarm_file(swarm_file)
     gate = PeerGate(swarm)
+    # It follows the validators' frames, which each validator sends only to the followers
+    # connected to it: redial a restarted validator within a second, not after a backoff.
     cfg = NetworkConfig(Identity.generate(), swarm.topic, ("/ip4/127.0.0.1/tcp/0",), dial_targets(swarm, []),
-                        gate=gate)
+                        backoff_initial=0.2, backoff_max=1.0, gate=gate, validators=swarm.validator_peer_ids)
     with open(out, "a", buffering=1) as f, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             net = await nursery.start(run_libp2p_network, cfg)

@@ -19,6 +19,7 @@ from p2p.bundle import BUNDLE_MARKER, BUNDLE_VERSION, ITEM_OVERHEAD, MAX_BUNDLE_
 from p2p.envelope import Envelope, MessageType, decode_envelope
 from p2p.errors import RejectReason, RemoteProtocolError
 from p2p.keys import Identity
+from p2p.direct import DirectStats, RecentFrames
 from p2p.libp2p_net import _gate_hook
 from p2p.messages import Status
 from p2p.net import MessageArrived, NetworkStats
@@ -225,8 +226,8 @@ def hook_envelope(seq: int, identity: Identity = ALICE, signature: bytes | None 
 def run_hook(gate, data: bytes) -> tuple[bool, list[MessageArrived], NetworkStats]:
     """One pubsub message through the hook: (relay?, what was delivered, the stats)."""
     send, receive = trio.open_memory_channel(2048)
-    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send)
-    relay = _gate_hook(gate, net)(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data))
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=None)
+    relay = _gate_hook(net)(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data))
     delivered = []
     while True:
         try:
@@ -325,3 +326,47 @@ def test_a_malformed_bundle_is_in_the_same_counters_as_any_other_rejection():
     run_hook(gate, MALFORMED["not msgpack"])
     assert rejections(gate, RejectReason.BAD_SIGNATURE) == gate.validator.rejected[RejectReason.BAD_SIGNATURE] == 1
     assert rejections(gate, RejectReason.UNDECODABLE) == gate.validator.rejected[RejectReason.UNDECODABLE] == 1
+
+
+# --- a frame that arrives by two paths (direct stream and gossip: p2p/direct.py) -------------
+
+
+def run_hook_twice(gate, data: bytes) -> tuple[list[bool], list[MessageArrived], NetworkStats, object]:
+    """The same frame through the hook twice, on a network that remembers frames."""
+    send, receive = trio.open_memory_channel(2048)
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=RecentFrames(4),
+                                direct_stats=DirectStats())
+    hook = _gate_hook(net)
+    relays = [hook(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data)) for _ in range(2)]
+    delivered = []
+    while True:
+        try:
+            delivered.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return relays, delivered, net.stats, net.direct_stats
+
+
+def test_a_frame_seen_before_is_not_delivered_again_and_keeps_its_first_relay_verdict():
+    gate = peer_gate()
+    envs = [hook_envelope(1), hook_envelope(2)]
+    relays, delivered, stats, direct = run_hook_twice(gate, encode_bundle(envs))
+    assert relays == [True, True]
+    assert [m.data for m in delivered] == envs  # once, not twice
+    assert direct.duplicates == 1
+    assert not gate.validator.rejected  # the copy was not judged again (no replay counted)
+
+    mixed = encode_bundle([hook_envelope(3), hook_envelope(4, signature=bytes(64))])
+    relays, delivered, stats, direct = run_hook_twice(gate, mixed)
+    assert relays == [False, False]  # a bundle not relayed the first time is not relayed the second
+    assert [m.data for m in delivered] == [hook_envelope(3)]
+    assert gate.validator.rejected == {RejectReason.BAD_SIGNATURE: 1}
+
+
+def test_recent_frames_forget_the_oldest_beyond_their_size():
+    recent = RecentFrames(size=2)
+    a, b, c = (RecentFrames.digest(x) for x in (b"a", b"b", b"c"))
+    recent.add(a, True)
+    recent.add(b, False)
+    assert (recent.get(a), recent.get(b)) == (True, False)
+    recent.add(c, True)
+    assert recent.get(a) is None and recent.get(b) is False and recent.get(c) is True

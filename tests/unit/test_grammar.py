@@ -23,6 +23,7 @@ from agents.grammar import (
     check_options,
     check_reason,
     gbnf_literal,
+    is_reason_char,
     grammar_sha256,
     options_grammar,
     parse_output,
@@ -315,6 +316,14 @@ def test_any_valid_option_list_gives_a_well_formed_grammar(options):
 def test_grammar_reason_class_agrees_with_check_reason(reason):
     g = Gbnf(options_grammar(["a", "b"]))
     assert g.matches(f"a{REASON_SEPARATOR}{reason}") == (check_reason(reason) is None)
+
+
+def test_check_reason_finds_exactly_the_unsafe_characters_at_every_code_point():
+    # check_reason uses one regex class; is_reason_char states the ranges: they agree on
+    # all of Unicode, surrogates included.
+    for cp in range(0x110000):
+        ch = chr(cp)
+        assert (check_reason("a" + ch) is None) == is_reason_char(ch), hex(cp)
 
 
 # --- parse_output ---------------------------------------------------------------------
