@@ -53,6 +53,9 @@ class PendingEntry:
     commitments: dict[bytes, Commitment] = field(default_factory=dict)
     reveals: dict[bytes, Reveal] = field(default_factory=dict)  # opened commitments only
     orphans: dict[bytes, Reveal] = field(default_factory=dict)
+    # Kept as ballots are added: the node asks after every pass, for every motion.
+    committed_power: int = 0
+    revealed_power: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class MotionPool:
         if known is not None:
             return BallotVerdict.CONFLICT
         entry.commitments[c.voter] = c
+        entry.committed_power += self._power[c.voter]
         orphan = entry.orphans.pop(c.voter, None)
         if orphan is not None:
             self.add_reveal(orphan)
@@ -164,14 +168,14 @@ class MotionPool:
         if (r.ballot.motion_text, r.ballot.options) != (entry.motion.text, entry.motion.options):
             return BallotVerdict.MISMATCH
         entry.reveals[voter] = r
+        entry.revealed_power += self._power[voter]
         return BallotVerdict.ADDED
 
     def progress(self, motion_id: bytes) -> Progress:
         entry = self._pending.get(motion_id)
         if entry is None:
             raise LocalProtocolError(f"motion {motion_id.hex()[:12]} is not pending")
-        return Progress(sum(self._power[v] for v in entry.commitments),
-                        sum(self._power[v] for v in entry.reveals))
+        return Progress(entry.committed_power, entry.revealed_power)
 
     def is_quorum(self, power: int) -> bool:
         return 3 * power > 2 * self._total
@@ -184,8 +188,7 @@ class MotionPool:
         for entry in self._pending.values():
             if len(out) >= limit:
                 break
-            revealed = sum(self._power[v] for v in entry.reveals)
-            if self.is_quorum(revealed):
+            if self.is_quorum(entry.revealed_power):
                 closing = Closing.QUORUM
             elif now - entry.first_seen >= self.deadline_s:
                 closing = Closing.DEADLINE

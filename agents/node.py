@@ -158,6 +158,12 @@ class AgentNode:
         self.pool = MotionPool(swarm)
         self.stats = NodeStats()
         self.mine: dict[bytes, OwnBallot] = {}
+        # Own ballots not revealed yet, in the order committed, and the motions among
+        # them that gained a commitment since the last pass: the reveal check looks at
+        # these only, not at every pending motion (that scan was an eighth of a busy
+        # validator's CPU with a backlog of thousands).
+        self._unrevealed: dict[bytes, OwnBallot] = {}
+        self._commit_seen: set[bytes] = set()
         self.core: Core | None = None
         self.driver: ConsensusDriver | None = None
         self._want: tuple[int, int] | None = None  # (height, round) we must propose at
@@ -207,7 +213,8 @@ class AgentNode:
             stored = own.get(pm.motion_id)
             if stored is not None:
                 c = commit(stored.ballot, stored.salt, self.identity)
-                self.mine[pm.motion_id] = OwnBallot(c, stored, now, now - 1e9)
+                self.mine[pm.motion_id] = self._unrevealed[pm.motion_id] = OwnBallot(c, stored, now, now - 1e9)
+                self._commit_seen.add(pm.motion_id)
                 self.pool.add_commitment(c)
         self.metrics.set_height(last)
         self._resume_height = durable is not None and durable.height == last + 1
@@ -275,7 +282,10 @@ class AgentNode:
             await self.driver.handle(VoteReceived(accepted.payload))
         elif t is MessageType.BALLOT_COMMIT:
             for c in accepted.payload.items:
-                self._count(self.pool.add_commitment(c))
+                verdict = self.pool.add_commitment(c)
+                self._count(verdict)
+                if verdict is BallotVerdict.ADDED and c.motion_id in self._unrevealed:
+                    self._commit_seen.add(c.motion_id)
         elif t is MessageType.BALLOT_REVEAL:
             for r in accepted.payload.items:
                 self._count(self.pool.add_reveal(r))
@@ -352,7 +362,8 @@ class AgentNode:
         if self.pool.get(ev.motion_id) is None:
             return  # decided while we deliberated
         now = self._clock()
-        self.mine[ev.motion_id] = OwnBallot(ev.commitment, ev.reveal, now, now)
+        self.mine[ev.motion_id] = self._unrevealed[ev.motion_id] = OwnBallot(ev.commitment, ev.reveal, now, now)
+        self._commit_seen.add(ev.motion_id)
         self.pool.add_commitment(ev.commitment)
         b = ev.reveal.ballot
         if ev.seconds:
@@ -364,15 +375,26 @@ class AgentNode:
         self._commit_out.append(ev.commitment)
 
     async def _reveal_when_due(self, now: float) -> None:
+        # Reveal once more than 2/3 of the power has committed, or after reveal_timeout_ms.
+        for motion_id in self._commit_seen:
+            if motion_id in self._unrevealed and self.pool.get(motion_id) is not None \
+                    and self.pool.is_quorum(self.pool.progress(motion_id).committed_power):
+                self._reveal(motion_id)
+        self._commit_seen.clear()
         reveal_after = self.swarm.params.reveal_timeout_ms / 1000
-        for motion_id, own in self.mine.items():
-            if own.revealed or self.pool.get(motion_id) is None:
-                continue
-            committed = self.pool.progress(motion_id).committed_power
-            if self.pool.is_quorum(committed) or now - own.committed_at >= reveal_after:
-                own.revealed = True
-                self.pool.add_reveal(own.reveal)
-                self._reveal_out.append(own.reveal)
+        for motion_id, own in list(self._unrevealed.items()):  # oldest first
+            if self.pool.get(motion_id) is None:
+                del self._unrevealed[motion_id]
+            elif now - own.committed_at >= reveal_after:
+                self._reveal(motion_id)
+            else:
+                break
+
+    def _reveal(self, motion_id: bytes) -> None:
+        own = self._unrevealed.pop(motion_id)
+        own.revealed = True
+        self.pool.add_reveal(own.reveal)
+        self._reveal_out.append(own.reveal)
 
     async def _rebroadcast_ballots(self) -> None:
         # Gossip loses messages and peers restart: resend what we committed and revealed
@@ -498,6 +520,7 @@ class AgentNode:
         self.pool.mark_decided(ids)
         for m in ids:
             self.mine.pop(m, None)
+            self._unrevealed.pop(m, None)
         self._to_anchoring(Decided(d.height))
         self._want = None
         power = self.valset.power_of(set(d.certificate.indices()))

@@ -91,6 +91,7 @@ class DirectLinks:
         self._nursery = nursery
         self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._retry_at: dict[str, float] = {}
+        self._congested: set[str] = set()
 
     def linkable(self, peer: str, connected: frozenset[str]) -> bool:
         """Whether a frame for ``peer`` can go directly now (its link is up or may open)."""
@@ -99,23 +100,42 @@ class DirectLinks:
         return peer in connected and trio.current_time() >= self._retry_at.get(peer, 0.0)
 
     async def send(self, frame: bytes, to: frozenset[str], wait: float) -> None:
-        """Queue ``frame`` for every peer in ``to`` (each ``linkable``). A peer whose queue
-        stays full for ``wait`` seconds loses this frame (counted in ``dropped``)."""
+        """Queue ``frame`` for every peer in ``to`` (each ``linkable``). Peers whose queue
+        is full get up to ``wait`` seconds, together, to make room; one that does not
+        loses this frame, and is congested: it loses every frame (at once, no more
+        waiting) until its queue is half empty. So a validator that stops reading costs
+        the others one wait, not one per frame. Losses are counted in ``dropped``."""
+        full = []
         for peer in to:
             queue = self._queues.get(peer) or self._open(peer)
+            if peer in self._congested:
+                if queue.statistics().current_buffer_used > LINK_QUEUE // 2:
+                    self.stats.dropped += 1
+                    continue
+                self._congested.discard(peer)
             self.pending += 1
             try:
-                try:
-                    queue.send_nowait(frame)
-                except trio.WouldBlock:
-                    with trio.move_on_after(wait):
-                        await queue.send(frame)
-                        continue
-                    self.pending -= 1
-                    self.stats.dropped += 1
+                queue.send_nowait(frame)
+            except trio.WouldBlock:
+                full.append((peer, queue))
             except (trio.BrokenResourceError, trio.ClosedResourceError):  # its link failed meanwhile
                 self.pending -= 1
                 self.stats.dropped += 1
+        if not full:
+            return
+        done = 0
+        with trio.move_on_after(wait):
+            for peer, queue in full:
+                try:
+                    await queue.send(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.pending -= 1
+                    self.stats.dropped += 1
+                done += 1
+        for peer, _ in full[done:]:  # still waiting when the time was up
+            self.pending -= 1
+            self.stats.dropped += 1
+            self._congested.add(peer)
 
     def _open(self, peer: str) -> trio.MemorySendChannel[bytes]:
         send, receive = trio.open_memory_channel[bytes](LINK_QUEUE)
@@ -124,6 +144,7 @@ class DirectLinks:
         return send
 
     async def _write_link(self, peer: str, queue: trio.MemoryReceiveChannel[bytes]) -> None:
+        in_flight = 0  # frames taken from the queue, in a write that has not returned
         try:
             with trio.fail_after(OPEN_TIMEOUT_S):
                 stream = await self._host.new_stream(ID.from_base58(peer), [DIRECT_PROTOCOL])
@@ -139,11 +160,13 @@ class DirectLinks:
                             break
                         chunks += [FRAME_PREFIX.pack(len(more)), more]
                         size += len(more)
+                    in_flight = len(chunks) // 2
                     with trio.fail_after(WRITE_TIMEOUT_S):
                         await stream.write(b"".join(chunks))
-                    self.pending -= len(chunks) // 2
-                    self.stats.sent += len(chunks) // 2
+                    self.pending -= in_flight
+                    self.stats.sent += in_flight
                     self.stats.writes += 1
+                    in_flight = 0
             finally:
                 with trio.move_on_after(1.0, shield=True):
                     try:
@@ -156,14 +179,15 @@ class DirectLinks:
             log.debug("direct link to %s failed: %r", peer, exc)
         finally:
             del self._queues[peer]
-            queue.close()
-            lost = 0
-            while True:
+            self._congested.discard(peer)
+            lost = in_flight
+            while True:  # what was queued for it is lost (no await here: nothing is added meanwhile)
                 try:
                     queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 lost += 1
+            queue.close()
             self.pending -= lost
             self.stats.dropped += lost
 

@@ -11,7 +11,7 @@ libp2p relays a message: the gate's verdict decides both whether we see it and w
 it is forwarded. Delivery into our bounded ``events`` channel never blocks; the libp2p
 subscription (32 deep, overflow dropped) is only drained, since the hook has already
 delivered. Publishing goes through one sender task that waits while any peer's
-outgoing queue (32, overflow silently dropped) is nearly full, and that packs whatever
+outgoing queue (PEER_QUEUE_SIZE, overflow silently dropped) is nearly full, and that packs whatever
 is waiting into one pubsub message (``p2p/bundle.py``): py-libp2p's cost is per message,
 so under load hundreds of envelopes a second travel as a few messages.
 
@@ -26,6 +26,7 @@ delivered once. Clients and observers publish on the swarm topic as before.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -50,8 +51,10 @@ from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+import libp2p.pubsub.pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
@@ -82,7 +85,15 @@ GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 # copies. Measured here at n=16 (bench/bench_gossip.py, light load): D=6/4/12 gave a
 # delivery p50 of 53 ms and one motion agreed in 3.8 s; D=4/3/8 gave 18 ms and 2.5 s.
 MESH_DEGREE, MESH_DEGREE_LOW, MESH_DEGREE_HIGH = 4, 3, 8
-PEER_QUEUE_HIGH_WATER = 24  # of py-libp2p's 32 per peer
+# py-libp2p's outbound queue per peer holds 32 RPCs and drops, silently, what does not
+# fit; it takes no size parameter, so pubsub's constructor is given a larger one. A
+# relay has no sender that waits: with 32, a burst of 1000 client motions at 200/s was
+# lost at one validator in three (156 and 51 motions closed only by their deadline in
+# two runs of bench_throughput's load); with 256, none in two runs. The peer's queue
+# holds frames of at most 256 KiB (BUNDLE_BYTES), most of them far smaller.
+PEER_QUEUE_SIZE = 256
+libp2p_pubsub.RpcQueue = functools.partial(RpcQueue, max_size=PEER_QUEUE_SIZE)
+PEER_QUEUE_HIGH_WATER = PEER_QUEUE_SIZE * 3 // 4  # our own publishes wait below this
 QUEUE_WAIT_S = 5.0  # a peer that reads slowly under load catches up within this
 DIAL_TIMEOUT = 5.0
 RECONNECT_TICK = 0.25
@@ -472,7 +483,7 @@ async def _send_direct(net: Libp2pNetwork, direct: DirectLinks, frame: bytes) ->
 
 
 async def _publish(net: Libp2pNetwork, topic: str, frame: bytes) -> None:
-    # py-libp2p drops, silently, what does not fit in a peer's queue of 32: wait for the
+    # py-libp2p drops, silently, what does not fit in a peer's queue (PEER_QUEUE_SIZE): wait for the
     # fullest queue to drain before adding more. Bounded, so that one stuck peer cannot
     # stop us; past the bound the message may be lost for that peer (counted: the
     # protocol above re-sends what matters).

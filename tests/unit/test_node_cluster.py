@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from agents.ballot_messages import Commitments, Reveals
 from agents.deliberation import FixedDeliberator
 from agents.node import AgentNode
 from agents.peer import Outbox, PeerGate, serve_peer
@@ -439,4 +440,45 @@ async def test_an_observer_whose_catch_up_failed_asks_again(clock, tmp_path) -> 
             with trio.move_on_after(30):  # several rebroadcast periods and ticks
                 await until(lambda: last_height(c, "observer") == last_height(c, "v0"), poll=1.0)
             assert (last_height(c, "observer"), obs.fetches > failed) == (last_height(c, "v0"), True)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_validator_reveals_once_a_quorum_has_committed_or_at_the_reveal_timeout(clock, tmp_path) -> None:
+    # Two of four validators deliberate: their two commitments are not more than 2/3 of
+    # the power, so each reveals only at reveal_timeout_ms (2 s). Once all four ballot on
+    # the next motion, the reveals follow the third commitment, not the timeout.
+    net = MemoryNetwork(seed=17, delay=INSTANT)
+    first_sent: dict[tuple[str, MessageType, bytes], float] = {}
+
+    def recorder(name: str):
+        def seen(env: Envelope) -> None:
+            if env.type in (MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL):
+                items = (Commitments if env.type == MessageType.BALLOT_COMMIT else Reveals).decode(env.payload).items
+                for item in items:
+                    motion_id = item.motion_id if env.type == MessageType.BALLOT_COMMIT else item.ballot.motion_id
+                    first_sent.setdefault((name, MessageType(env.type), motion_id), trio.current_time())
+        return seen
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            c = Cluster(nursery, net, tmp_path)
+            for name, ident in VALIDATORS.items():
+                m = await c.start(name, ident, deliberate=name in ("v0", "v1"))
+                m.on_publish = recorder(name)
+            slow = await c.submit("Only two deliberate on this one?")
+            await until(lambda: all((n, MessageType.BALLOT_REVEAL, slow) in first_sent for n in ("v0", "v1")))
+            for n in ("v0", "v1"):
+                waited = first_sent[(n, MessageType.BALLOT_REVEAL, slow)] - first_sent[(n, MessageType.BALLOT_COMMIT, slow)]
+                assert 2.0 <= waited < 3.0, (n, waited)  # the timeout (ticks are 1 s apart), not sooner
+
+            for name in ("v2", "v3"):  # now all four deliberate
+                await c.stop(name)
+                m = await c.start(name, VALIDATORS[name])
+                m.on_publish = recorder(name)
+            quick = await c.submit("All four deliberate on this one?")
+            await until(lambda: all((n, MessageType.BALLOT_REVEAL, quick) in first_sent for n in ALL))
+            third_commit = sorted(first_sent[(n, MessageType.BALLOT_COMMIT, quick)] for n in ALL)[2]
+            for n in ALL:
+                revealed = first_sent[(n, MessageType.BALLOT_REVEAL, quick)]
+                assert third_commit <= revealed < third_commit + 1.0, (n, revealed - third_commit)
             nursery.cancel_scope.cancel()
