@@ -23,6 +23,7 @@ import trio
 
 from agents.fingerprint import ModelFileError, check_model_file, model_sha256
 from agents.grammar import grammar_sha256, options_grammar, parse_output
+from agents.greedy_grammar import GreedyGrammarSampler
 from agents.prompt import PROMPT_TEMPLATE_VERSION, build_prompt, persona_sha256
 from p2p.errors import ConclaveError
 
@@ -114,6 +115,24 @@ class ModelRuntime:
         self._cached_prefix = prefix_tokens if self.prefix_cache else None
         return 0
 
+    def _sampler(self, grammar_text: str):
+        """(next_token, close, fallbacks) for one answer. Greedy decoding asks the grammar about the
+        best token first (``agents.greedy_grammar``: the same tokens, cheaper); sampling
+        with a temperature keeps llama-cpp-python's chain, grammar over every token."""
+        s = self.sampling
+        if s.temperature == 0.0:
+            greedy = GreedyGrammarSampler(self._llm, grammar_text)
+            return greedy.next_token, greedy.close, lambda: greedy.fallbacks
+        grammar = self._llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
+        args = dict(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0, repeat_penalty=1.0)
+        llm = self._llm
+        llm._sampler = llm._init_sampler(grammar=grammar, **args)
+
+        def close() -> None:
+            llm._sampler = None
+
+        return (lambda: llm.sample(grammar=grammar, **args)), close, lambda: 0
+
     def warm_up(self, persona: str) -> float:
         """Blocking: evaluate the persona's prefix now, so that the first motion pays
         only for its own tokens (with prefix caching on). Milliseconds taken."""
@@ -134,27 +153,25 @@ class ModelRuntime:
                 f"{self.n_ctx} leaves room for {budget} once {self.sampling.max_tokens} are kept for the answer: "
                 f"shorten the motion"
             )
-        grammar = self._llama_cpp.LlamaGrammar.from_string(options_grammar(options), verbose=False)
+        grammar_text = options_grammar(options)
         cached = self._position_after(prefix_tokens)
         t1 = time.perf_counter()
         self._llm.eval(suffix_tokens)
         t2 = time.perf_counter()
         out: list[int] = []
-        s = self.sampling
-        sampler_args = dict(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0, repeat_penalty=1.0)
-        self._llm._sampler = self._llm._init_sampler(grammar=grammar, **sampler_args)
+        next_token, close, fallbacks = self._sampler(grammar_text)
         try:
             eos = self._llm.token_eos()
-            for _ in range(s.max_tokens):
+            for _ in range(self.sampling.max_tokens):
                 if stop is not None and stop.is_set():
                     raise InferenceError("stopped: the inference timed out")
-                token = self._llm.sample(grammar=grammar, **sampler_args)
+                token = next_token()
                 if token == eos:
                     break
                 out.append(token)
                 self._llm.eval([token])
         finally:
-            self._llm._sampler = None
+            close()
         t3 = time.perf_counter()
         raw = self._llm.detokenize(out).decode("utf-8", errors="replace")
         choice, reason = parse_output(raw, options)
@@ -162,6 +179,7 @@ class ModelRuntime:
             "prompt_tokens": len(prefix_tokens) + len(suffix_tokens),
             "cached_tokens": cached,
             "generated_tokens": len(out),
+            "grammar_fallbacks": fallbacks(),
             "prefix_ms": round((t1 - t0) * 1000, 2),
             "prompt_ms": round((t2 - t1) * 1000, 2),
             "generate_ms": round((t3 - t2) * 1000, 2),

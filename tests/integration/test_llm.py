@@ -167,3 +167,45 @@ def test_seeded_sampling_is_reproducible_too() -> None:
     assert first.fingerprint.sampling.seed == 1234 and first.fingerprint.sampling.temperature == 0.8
     assert first.encode() == second.encode()
     assert replay(first, sampled, DEFAULT_PERSONA).match
+
+
+def _chain_tokens(runtime: ModelRuntime, text: str, options) -> list[int]:
+    """The answer's tokens as llama-cpp-python's own sampler chain picks them (grammar
+    over every token, then greedy), in the runtime's canonical evaluation order."""
+    import llama_cpp
+
+    from agents.grammar import options_grammar
+    from agents.prompt import build_prompt
+
+    llm = runtime._llm
+    prefix, suffix = build_prompt(DEFAULT_PERSONA, text, options)
+    llm.reset()
+    llm.eval(llm.tokenize(prefix.encode(), add_bos=True, special=True))
+    llm.eval(llm.tokenize(suffix.encode(), add_bos=False, special=True))
+    grammar = llama_cpp.LlamaGrammar.from_string(options_grammar(options), verbose=False)
+    args = dict(temp=0.0, top_k=40, top_p=0.95, min_p=0.0, repeat_penalty=1.0)
+    llm._sampler = llm._init_sampler(grammar=grammar, **args)
+    out: list[int] = []
+    try:
+        for _ in range(runtime.sampling.max_tokens):
+            token = llm.sample(grammar=grammar, **args)
+            if token == llm.token_eos():
+                break
+            out.append(token)
+            llm.eval([token])
+    finally:
+        llm._sampler = None
+        runtime._cached_prefix = None  # the KV state no longer holds the cached prefix alone
+    return out
+
+
+def test_greedy_fast_path_picks_the_same_tokens_as_the_full_grammar_chain(runtime: ModelRuntime) -> None:
+    fallbacks = 0
+    for text, options in MOTIONS:
+        expected = runtime._llm.detokenize(_chain_tokens(runtime, text, options)).decode("utf-8", errors="replace")
+        answer = runtime.answer(DEFAULT_PERSONA, text, options)
+        assert answer.raw == expected, text
+        fallbacks += answer.timings["grammar_fallbacks"]
+    # The first token of the option at least is one the model would not write unprompted
+    # in most answers: the fallback path is exercised too, not only the fast one.
+    assert fallbacks > 0
