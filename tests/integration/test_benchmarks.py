@@ -41,6 +41,8 @@ def test_the_agreement_benchmark(tmp_path: Path) -> None:
     assert row["n"] == 4 and len(row["latencies_ms"]) == 2
     assert 0 < row["p50_ms"] <= row["p99_ms"] and row["gossip_p50_ms"] > 0
     assert row["ratio_p50"] == pytest.approx(row["p50_ms"] / row["gossip_p50_ms"], rel=1e-2)
+    # from the reveals is a later start than from the commitments: shorter, never longer
+    assert 0 < row["from_reveal_p50_ms"] <= row["p50_ms"]
 
 
 def test_the_throughput_benchmark(tmp_path: Path) -> None:
