@@ -6,9 +6,9 @@ validators closes at its deadline; 2 minutes by default), and a block may hold u
 
 For each size n, one client submits ``--motions`` motions at an offered rate
 (``--rate``; by default the target, so the figure is at most the target: at twice the
-target, 2000 motions at 400/s, n=4 stalled at one validator in 2 of 6 runs, issue 7's
-notes); the swarm commits, reveals, resolves and decides them, packing many
-resolutions per block. Throughput is the number of motions divided by the time from
+target some runs leave motions undecided after 300 s, issue 7's notes), and waits until
+they have all left before it closes; the swarm commits, reveals, resolves and decides
+them, packing many resolutions per block. Throughput is the number of motions divided by the time from
 the first ``motion_received`` at any peer to the last ``agreement`` at any peer (every
 peer decides every motion). Messages per motion count the envelopes the validators
 published (commitments, reveals, proposals, votes, status) and the pubsub messages they
@@ -64,6 +64,7 @@ def measure(n: int, motions: int, rate: float, workdir: Path, timeout: float) ->
                     if due > len(sent):
                         sent += await client.submit(due - len(sent))
                     await trio.sleep(0.1)
+                await client.finish()
                 nursery.cancel_scope.cancel()
             return {m for m, _ in sent}
 

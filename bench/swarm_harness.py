@@ -180,6 +180,15 @@ class MotionClient:
             task_status.started(self)
             await trio.sleep_forever()
 
+    async def finish(self, timeout: float = 60.0) -> None:
+        """Before the client is cancelled: wait until what it published has left (as
+        ``conclave propose`` does). Cancelled with motions still queued, it lost them:
+        628 of 2000 submitted at 400/s never reached any validator, and the benchmark
+        waited for decisions that could not come."""
+        with trio.fail_after(timeout):
+            await self.net.drain()
+            await self.net.settle()
+
     async def submit(self, count: int = 1) -> list[tuple[str, float]]:
         """Publish ``count`` motions; (motion id, wall time handed to the network) each."""
         out = []
