@@ -39,7 +39,11 @@ class GreedyGrammarSampler:
             raise ValueError("llama.cpp could not parse the grammar")
         self._one = (llama_cpp.llama_token_data * 1)()
         self._all = (llama_cpp.llama_token_data * self._n_vocab)()
+        # The grammar only masks logits (to -inf), never reorders or touches ids and p:
+        # those are set once, and an index into the array is the token.
         self._all_view = np.frombuffer(self._all, dtype=_TOKEN_DATA)
+        self._all_view["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        self._all_view["p"] = 0.0
         self.fallbacks = 0  # tokens for which the grammar had to see the whole vocabulary
 
     def next_token(self) -> int:
@@ -54,17 +58,13 @@ class GreedyGrammarSampler:
         lib.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
         if math.isinf(one[0].logit):  # refused: the grammar judges every token
             self.fallbacks += 1
-            view = self._all_view
-            view["id"] = np.arange(self._n_vocab, dtype=np.int32)
-            view["logit"] = logits
-            view["p"] = 0.0
+            masked = self._all_view["logit"]
+            masked[:] = logits
             candidates = lib.llama_token_data_array(self._all, self._n_vocab, -1, False)
             lib.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
-            masked = view["logit"]
-            best = int(np.argmax(masked))
-            if math.isinf(masked[best]):
+            token = int(np.argmax(masked))
+            if math.isinf(masked[token]):
                 raise ValueError("the grammar allows no token here")
-            token = int(view["id"][best])
         lib.llama_sampler_accept(self._grammar, token)
         return token
 

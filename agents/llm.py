@@ -62,6 +62,24 @@ class Answer:
     timings: dict
 
 
+class _ChainSampler:
+    """llama-cpp-python's own sampler chain (grammar over every token, then the
+    temperature's draw), with ``GreedyGrammarSampler``'s interface."""
+
+    fallbacks = 0  # the chain always judges the whole vocabulary
+
+    def __init__(self, llm, grammar, s) -> None:
+        self._llm, self._grammar = llm, grammar
+        self._args = dict(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0, repeat_penalty=1.0)
+        llm._sampler = llm._init_sampler(grammar=grammar, **self._args)
+
+    def next_token(self) -> int:
+        return self._llm.sample(grammar=self._grammar, **self._args)
+
+    def close(self) -> None:
+        self._llm._sampler = None
+
+
 class ModelRuntime:
     """One loaded model. Not thread-safe: callers serialise through ``answer_async``."""
 
@@ -116,22 +134,14 @@ class ModelRuntime:
         return 0
 
     def _sampler(self, grammar_text: str):
-        """(next_token, close, fallbacks) for one answer. Greedy decoding asks the grammar about the
-        best token first (``agents.greedy_grammar``: the same tokens, cheaper); sampling
-        with a temperature keeps llama-cpp-python's chain, grammar over every token."""
-        s = self.sampling
-        if s.temperature == 0.0:
-            greedy = GreedyGrammarSampler(self._llm, grammar_text)
-            return greedy.next_token, greedy.close, lambda: greedy.fallbacks
-        grammar = self._llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
-        args = dict(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0, repeat_penalty=1.0)
-        llm = self._llm
-        llm._sampler = llm._init_sampler(grammar=grammar, **args)
-
-        def close() -> None:
-            llm._sampler = None
-
-        return (lambda: llm.sample(grammar=grammar, **args)), close, lambda: 0
+        """The token picker for one answer (``next_token``, ``close``, ``fallbacks``).
+        Greedy decoding asks the grammar about the best token first
+        (``agents.greedy_grammar``: the same tokens, cheaper); sampling with a
+        temperature keeps llama-cpp-python's chain, grammar over every token."""
+        if self.sampling.temperature == 0.0:
+            return GreedyGrammarSampler(self._llm, grammar_text)
+        return _ChainSampler(self._llm, self._llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False),
+                             self.sampling)
 
     def warm_up(self, persona: str) -> float:
         """Blocking: evaluate the persona's prefix now, so that the first motion pays
@@ -159,19 +169,19 @@ class ModelRuntime:
         self._llm.eval(suffix_tokens)
         t2 = time.perf_counter()
         out: list[int] = []
-        next_token, close, fallbacks = self._sampler(grammar_text)
+        sampler = self._sampler(grammar_text)
         try:
             eos = self._llm.token_eos()
             for _ in range(self.sampling.max_tokens):
                 if stop is not None and stop.is_set():
                     raise InferenceError("stopped: the inference timed out")
-                token = next_token()
+                token = sampler.next_token()
                 if token == eos:
                     break
                 out.append(token)
                 self._llm.eval([token])
         finally:
-            close()
+            sampler.close()
         t3 = time.perf_counter()
         raw = self._llm.detokenize(out).decode("utf-8", errors="replace")
         choice, reason = parse_output(raw, options)
@@ -179,7 +189,7 @@ class ModelRuntime:
             "prompt_tokens": len(prefix_tokens) + len(suffix_tokens),
             "cached_tokens": cached,
             "generated_tokens": len(out),
-            "grammar_fallbacks": fallbacks(),
+            "grammar_fallbacks": sampler.fallbacks,
             "prefix_ms": round((t1 - t0) * 1000, 2),
             "prompt_ms": round((t2 - t1) * 1000, 2),
             "generate_ms": round((t3 - t2) * 1000, 2),
