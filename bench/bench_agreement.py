@@ -39,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from bench_gossip import measure_gossip  # noqa: E402
+from report import agreement_headline  # noqa: E402
 from swarm_harness import (  # noqa: E402
     ROOT, MotionClient, bench_params, event_time, percentile, running_swarm, write_report,
 )
@@ -81,10 +82,10 @@ def measure_swarm(n: int, motions: int, workdir: Path) -> dict:
             if len(ready) < q or len(decided) < n:
                 raise SystemExit(f"n={n}: motion {motion_id[:12]}: {len(ready)} ballots, {len(decided)} decisions")
             latencies.append(max(decided) - ready[q - 1])
-            received = [event_time(e) for p in swarm.procs for e in p.named("motion_received")
-                        if e["motion_id"] == motion_id]
+            arrived = min(event_time(e) for p in swarm.procs for e in p.named("motion_received")
+                          if e["motion_id"] == motion_id)
             revealed = sorted(min((event_time(e) for e in p.named("ballots_sent")
-                                   if e["type"] == "ballot_reveal" and event_time(e) >= min(received)),
+                                   if e["type"] == "ballot_reveal" and event_time(e) >= arrived),
                                   default=float("inf")) for p in swarm.procs)
             from_reveal.append(max(decided) - revealed[q - 1])
         for p in swarm.procs:
@@ -118,14 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             row["seconds"] = round(time.monotonic() - started, 1)
             rows.append(row)
             print(" ".join(format(row[key], f">{width}{fmt}") for _, key, width, fmt in COLUMNS), flush=True)
-    first = rows[0]
-    headline = (f"agreement p50 {first['p50_ms']:.0f} ms at n={first['n']} = {first['ratio_p50']:.1f}x one-hop gossip "
-                f"p50 ({first['gossip_p50_ms']:.1f} ms)")
-    if len(rows) > 1:
-        last = rows[-1]
-        headline += f"; {last['p50_ms']:.0f} ms at n={last['n']}"
-    headline += (f" (from the quorum's reveals: {first['from_reveal_p50_ms']:.0f} ms = "
-                 f"{first['from_reveal_ratio_p50']:.1f}x at n={first['n']})")
+    headline = agreement_headline({"results": rows})
     write_report(args.out, "agreement latency: quorum of ballots available -> decided at every peer, separate "
                  "processes on 127.0.0.1, zero-cost ballots; beside the gossip delivery p50 of the same run",
                  headline, rows)

@@ -142,7 +142,7 @@ def _gossip_headline(d: dict) -> str:  # as bench_gossip.py, without the drain w
     return text + f"; saturated, {hi['delivered_per_s']:,.0f} deliveries/s at n={hi['n']}"
 
 
-def _agreement_headline(d: dict) -> str:  # as bench_agreement.py
+def agreement_headline(d: dict) -> str:  # bench_agreement.py prints this one too
     rows = rows_of(d)
     first, last = rows[0], rows[-1]
     text = (f"agreement p50 {first['p50_ms']:.0f} ms at n={first['n']} = {first['ratio_p50']:.1f}x one-hop gossip "
@@ -169,7 +169,7 @@ def _e2e_headline(d: dict) -> str:
 
 HEADLINES: dict[str, Callable[[dict], str]] = {
     "consensus": _consensus_headline, "ballot": _ballot_headline, "anchor": _anchor_headline,
-    "gossip": _gossip_headline, "agreement": _agreement_headline, "throughput": _throughput_headline,
+    "gossip": _gossip_headline, "agreement": agreement_headline, "throughput": _throughput_headline,
     "e2e": _e2e_headline,
 }
 
