@@ -7,13 +7,15 @@ with whatever was revealed when its deadline passes (``Closing.DEADLINE``).
 
 It is bounded, because anyone may submit motions: at most ``max_pending_motions`` in
 all and ``max_pending_per_sender`` from one signer; duplicates and motions decided
-before are dropped. Pure: the caller passes the time in (seconds, any monotonic clock).
+before are dropped. Ballots may outrun their motion (a motion comes from its client by
+gossip, ballots from validators directly): those are kept, up to a bound shared fairly
+among the validators, and applied when the motion arrives. Pure: the caller passes the time in (seconds, any monotonic clock).
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from agents.commitment import Commitment, Reveal, RevealMismatch, check_reveal
@@ -23,6 +25,10 @@ from p2p.messages import Motion
 from p2p.swarmfile import SwarmConfig
 
 MAX_ORPHAN_REVEALS = 4  # per motion: reveals that arrived before their commitment
+# Ballots kept for motions not seen yet, in all (each validator may hold its share). Under
+# load a validator got 1,948 ballots before their motions; dropped, each waited for its
+# voter's re-send (ballot_rebroadcast_ms, 5 s), and the last block of a run waited with it.
+MAX_EARLY_BALLOTS = 16_384
 
 
 class Admission(enum.StrEnum):
@@ -41,6 +47,7 @@ class BallotVerdict(enum.StrEnum):
     CONFLICT = "conflict"  # a second, different commitment from the same voter
     MISMATCH = "mismatch"  # a reveal that does not open the voter's commitment
     WAITING = "waiting"  # a reveal kept until its commitment arrives
+    EARLY = "early"  # kept until its motion arrives
 
 
 @dataclass(slots=True)
@@ -75,6 +82,7 @@ class MotionPool:
         self._pending: dict[bytes, PendingEntry] = {}  # in arrival order
         self._per_sender: Counter[bytes] = Counter()
         self._decided: set[bytes] = set(decided or ())
+        self._early = EarlyBallots(MAX_EARLY_BALLOTS // max(1, len(self._power)))
 
     # --- motions --------------------------------------------------------------------
 
@@ -89,6 +97,11 @@ class MotionPool:
             return Admission.SENDER_FULL
         self._pending[motion_id] = PendingEntry(motion_id, envelope, motion, sender, now)
         self._per_sender[sender] += 1
+        for item in self._early.take(motion_id):  # commitments first: as they arrived
+            if isinstance(item, Commitment):
+                self.add_commitment(item)
+            else:
+                self.add_reveal(item)
         return Admission.ADDED
 
     def get(self, motion_id: bytes) -> PendingEntry | None:
@@ -107,6 +120,11 @@ class MotionPool:
         for m in motion_ids:
             self._decided.add(m)
             self.discard(m)
+            self._early.take(m)
+
+    @property
+    def early_ballots(self) -> int:
+        return len(self._early)
 
     def discard(self, motion_id: bytes) -> None:
         """Forget a pending motion (decided, or refused by the store)."""
@@ -130,7 +148,7 @@ class MotionPool:
             return BallotVerdict.NOT_VALIDATOR
         entry = self._pending.get(c.motion_id)
         if entry is None:
-            return BallotVerdict.UNKNOWN_MOTION
+            return self._keep_early(c.motion_id, c.voter, c)
         known = entry.commitments.get(c.voter)
         if known == c:
             return BallotVerdict.DUPLICATE
@@ -153,7 +171,7 @@ class MotionPool:
             return BallotVerdict.NOT_VALIDATOR
         entry = self._pending.get(r.ballot.motion_id)
         if entry is None:
-            return BallotVerdict.UNKNOWN_MOTION
+            return self._keep_early(r.ballot.motion_id, voter, r)
         if voter in entry.reveals:
             return BallotVerdict.DUPLICATE
         commitment = entry.commitments.get(voter)
@@ -170,6 +188,11 @@ class MotionPool:
         entry.reveals[voter] = r
         entry.revealed_power += self._power[voter]
         return BallotVerdict.ADDED
+
+    def _keep_early(self, motion_id: bytes, voter: bytes, item: Commitment | Reveal) -> BallotVerdict:
+        if motion_id in self._decided:
+            return BallotVerdict.UNKNOWN_MOTION
+        return BallotVerdict.EARLY if self._early.keep(motion_id, voter, item) else BallotVerdict.UNKNOWN_MOTION
 
     def progress(self, motion_id: bytes) -> Progress:
         entry = self._pending.get(motion_id)
@@ -197,3 +220,38 @@ class MotionPool:
             cast = [CastBallot(entry.commitments[v], r) for v, r in entry.reveals.items()]
             out.append(resolve(entry.envelope, cast, self.swarm, closing))
         return out
+
+
+class EarlyBallots:
+    """Ballots for motions not pending here yet, by motion, oldest first; each voter may
+    hold ``per_voter`` of them (a faulty validator fills only its own share). Nothing is
+    verified here: the pool checks each one as it applies it."""
+
+    def __init__(self, per_voter: int) -> None:
+        self.per_voter = per_voter
+        self._by_motion: OrderedDict[bytes, list[tuple[bytes, Commitment | Reveal]]] = OrderedDict()
+        self._per_voter: Counter[bytes] = Counter()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def keep(self, motion_id: bytes, voter: bytes, item: Commitment | Reveal) -> bool:
+        kept = self._by_motion.get(motion_id, [])
+        if any(v == voter and type(i) is type(item) for v, i in kept):
+            return True  # one of each per voter: a re-send of the same, or a conflict judged on arrival
+        if self._per_voter[voter] >= self.per_voter:
+            return False
+        self._by_motion.setdefault(motion_id, kept).append((voter, item))
+        self._per_voter[voter] += 1
+        self._count += 1
+        return True
+
+    def take(self, motion_id: bytes) -> list[Commitment | Reveal]:
+        kept = self._by_motion.pop(motion_id, [])
+        for voter, _ in kept:
+            self._per_voter[voter] -= 1
+            if not self._per_voter[voter]:
+                del self._per_voter[voter]
+        self._count -= len(kept)
+        return sorted((i for _, i in kept), key=lambda i: not isinstance(i, Commitment))

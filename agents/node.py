@@ -39,6 +39,7 @@ from agents.logs import emit
 from agents.metrics import PeerMetrics
 from agents.naming import describe_sender, short
 from agents.motion_pool import Admission, BallotVerdict, MotionPool
+from agents.pacing import PACE_BURST, Alarm, Pacer, pace_interval
 from agents.resolution import NO_SUPERMAJORITY, decode_payload, describe_tally, encode_payload, check_payload
 from agents.storage import PeerStore
 from agents.valset import consensus_valset
@@ -101,6 +102,11 @@ class BallotReady:
 class BallotFailed:
     motion_id: bytes
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDue:
+    """The pacer allows our next ballot message (agents/pacing.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +184,10 @@ class AgentNode:
         self._commit_out: list[Commitment] = []
         self._motions_in: list[tuple[bytes, Envelope, Motion]] = []
         self._reveal_out: list[Reveal] = []
+        # What is gathered leaves at the pacer's pace; the alarm wakes the loop when it
+        # may (both given by serve_node: without them, every pass sends what it has).
+        self.pacer: Pacer | None = None
+        self.alarm: Alarm | None = None
         # Decided heights and checkpoint signatures for the anchoring service, if any.
         self.anchoring: trio.MemorySendChannel | None = None
 
@@ -252,6 +262,8 @@ class AgentNode:
                  logging.WARNING, motion_id=event.motion_id.hex(), error=event.error)
         elif isinstance(event, DecisionsFetched):
             await self._on_fetched(event)
+        elif isinstance(event, FlushDue):
+            pass  # the progress step after this pass sends what waits
         elif isinstance(event, Tick):
             await self._rebroadcast_ballots()
             if self.catch_up.retry_due():
@@ -416,6 +428,13 @@ class AgentNode:
         """Send the commitments and reveals gathered since the last flush, as few
         messages as the size limit allows (commitments first: a reveal is useless to a
         peer that has not seen the commitment it opens)."""
+        if not (self._commit_out or self._reveal_out):
+            return
+        if self.pacer is not None and self.alarm is not None:
+            now = self._clock()
+            if not self.pacer.try_send(now):
+                self.alarm.set(self.pacer.ready_at(now))
+                return
         budget = self.swarm.params.max_message_bytes - ENVELOPE_OVERHEAD
         for items, out_type, batch in ((self._commit_out, MessageType.BALLOT_COMMIT, Commitments),
                                        (self._reveal_out, MessageType.BALLOT_REVEAL, Reveals)):
@@ -711,8 +730,13 @@ async def serve_node(node: AgentNode, net: SwarmNetwork, *, task_status=trio.TAS
             await trio.sleep(TICK_S)
             await inbox_send.send(Tick())
 
+    if node.is_validator:
+        node.pacer, node.alarm = Pacer(pace_interval(len(node.swarm.validators)), PACE_BURST), Alarm()
+
     async with trio.open_nursery() as nursery:
         await nursery.start(node.driver.run_timers, lambda t: inbox_send.send(TimerFired(t)))
+        if node.alarm is not None:
+            await nursery.start(node.alarm.run, lambda: inbox_send.send(FlushDue()))
         if node.is_validator and node.deliberator is not None:
             await nursery.start(run_ballot_worker, node, ballot_recv, inbox_send)
         if node.fetch is not None:

@@ -187,7 +187,8 @@ def _signed_by_another() -> Commitment:
 COMMITMENT_CASES = {
     "added": ([], lambda: _commit(), BallotVerdict.ADDED),
     "not a validator": ([], lambda: _commit(OUTSIDER), BallotVerdict.NOT_VALIDATOR),
-    "unknown motion": ([], lambda: _commit(m=M2), BallotVerdict.UNKNOWN_MOTION),
+    "motion not seen yet: kept": ([], lambda: _commit(m=M2), BallotVerdict.EARLY),
+    "motion decided": ([], lambda: _commit(m=M3), BallotVerdict.UNKNOWN_MOTION),
     "duplicate": ([lambda: _commit()], lambda: _commit(), BallotVerdict.DUPLICATE),
     "conflicting second commitment": ([lambda: _commit()], lambda: _commit(salt=OTHER_SALT), BallotVerdict.CONFLICT),
     "conflicting choice": ([lambda: _commit()], lambda: _commit(choice="reject"), BallotVerdict.CONFLICT),
@@ -200,7 +201,7 @@ COMMITMENT_CASES = {
 
 @pytest.mark.parametrize("given, make, expected", list(COMMITMENT_CASES.values()), ids=list(COMMITMENT_CASES))
 def test_commitments(given, make, expected: BallotVerdict) -> None:
-    pool = MotionPool(SWARM)
+    pool = MotionPool(SWARM, decided={M3.id})
     add(pool, M1)
     for g in given:
         assert pool.add_commitment(g()) is BallotVerdict.ADDED
@@ -242,7 +243,8 @@ def _other_options_pair() -> tuple[Commitment, Reveal]:
 REVEAL_CASES = {
     "added": ([lambda: _commit()], lambda: _reveal(), BallotVerdict.ADDED, True),
     "not a validator": ([], lambda: _reveal(OUTSIDER), BallotVerdict.NOT_VALIDATOR, False),
-    "unknown motion": ([], lambda: _reveal(m=M2), BallotVerdict.UNKNOWN_MOTION, False),
+    "motion not seen yet: kept": ([], lambda: _reveal(m=M2), BallotVerdict.EARLY, False),
+    "motion decided": ([], lambda: _reveal(m=M3), BallotVerdict.UNKNOWN_MOTION, False),
     "before its commitment: waiting": ([], lambda: _reveal(), BallotVerdict.WAITING, False),
     "another salt than committed": ([lambda: _commit()], lambda: _reveal(salt=OTHER_SALT), BallotVerdict.MISMATCH,
                                     False),
@@ -258,7 +260,7 @@ REVEAL_CASES = {
 
 @pytest.mark.parametrize("given, make, expected, counts", list(REVEAL_CASES.values()), ids=list(REVEAL_CASES))
 def test_reveals(given, make, expected: BallotVerdict, counts: bool) -> None:
-    pool = MotionPool(SWARM)
+    pool = MotionPool(SWARM, decided={M3.id})
     add(pool, M1)
     for g in given:
         assert pool.add_commitment(g()) is BallotVerdict.ADDED
@@ -268,6 +270,35 @@ def test_reveals(given, make, expected: BallotVerdict, counts: bool) -> None:
     assert (r.ballot.voter in entry.reveals) is counts
     if counts:
         assert pool.add_reveal(r) is BallotVerdict.DUPLICATE
+
+
+def test_ballots_that_outrun_their_motion_are_applied_when_it_arrives() -> None:
+    pool = MotionPool(SWARM)
+    (c0, r0), (c1, r1) = pair(V[0], M1), pair(V[1], M1)
+    # Reveal before commitment, and both before the motion: all kept, none counted yet.
+    for item, add_item in ((r0, pool.add_reveal), (c0, pool.add_commitment), (c1, pool.add_commitment),
+                           (r1, pool.add_reveal)):
+        assert add_item(item) is BallotVerdict.EARLY
+    assert pool.add_commitment(c0) is BallotVerdict.EARLY and pool.early_ballots == 4  # a re-send: kept once
+    assert add(pool, M1) is Admission.ADDED
+    entry = pool.get(M1.id)
+    assert set(entry.commitments) == set(entry.reveals) == {V[0].public_key, V[1].public_key}
+    assert pool.progress(M1.id) == Progress(2, 2) and pool.early_ballots == 0
+
+
+def test_early_ballots_are_checked_when_applied_and_bounded_per_voter(monkeypatch) -> None:
+    import agents.motion_pool as mp
+    monkeypatch.setattr(mp, "MAX_EARLY_BALLOTS", 2 * len(SWARM.validators))  # two per voter
+    pool = MotionPool(SWARM)
+    assert pool.add_commitment(_forged(_commit(m=M1))) is BallotVerdict.EARLY
+    assert pool.add_commitment(_commit(m=M2)) is BallotVerdict.EARLY
+    assert pool.add_commitment(_commit(m=M3)) is BallotVerdict.UNKNOWN_MOTION  # V[0]'s share is full
+    assert pool.add_commitment(_commit(V[1], m=M3)) is BallotVerdict.EARLY  # another voter's is not
+    add(pool, M1)
+    assert not pool.get(M1.id).commitments  # the forged one was checked on arrival of M1, and refused
+    assert pool.add_commitment(_commit(m=M3)) is BallotVerdict.EARLY  # V[0]'s share has room again
+    pool.mark_decided([M2.id, M3.id])  # decided elsewhere: what waited for them goes
+    assert pool.early_ballots == 0
 
 
 def test_a_reveal_before_its_commitment_is_applied_when_the_commitment_arrives() -> None:

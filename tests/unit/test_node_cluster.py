@@ -482,3 +482,38 @@ async def test_a_validator_reveals_once_a_quorum_has_committed_or_at_the_reveal_
                 revealed = first_sent[(n, MessageType.BALLOT_REVEAL, quick)]
                 assert third_commit <= revealed < third_commit + 1.0, (n, revealed - third_commit)
             nursery.cancel_scope.cancel()
+
+
+async def test_ballot_messages_leave_at_the_pacers_pace_and_none_is_held_back(clock, tmp_path) -> None:
+    """Motions submitted in several bursts: each validator's ballot messages keep to its
+    pacer (at most PACE_BURST within any interval), what waited leaves when the alarm
+    fires, and every motion is decided."""
+    from agents.pacing import PACE_BURST, pace_interval
+    interval = pace_interval(len(SWARM.validators))
+    times: dict[str, list[float]] = {n: [] for n in ALL}
+
+    def recorder(name: str):
+        def record(env: Envelope) -> None:
+            if env.type in (MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL):
+                times[name].append(trio.current_time())
+        return record
+
+    net = MemoryNetwork(seed=5, delay=(0.001, 0.004))
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            c = Cluster(nursery, net, tmp_path)
+            for name, ident in VALIDATORS.items():
+                m = await c.start(name, ident)
+                m.on_publish = recorder(name)
+            ids = []
+            for burst in range(6):
+                ids += [await c.submit(f"Paced motion {burst}.{i}: adopt it?") for i in range(5)]
+                await trio.sleep(interval / 3)
+            await decided(c, ALL, ids)
+            nursery.cancel_scope.cancel()
+    for name, ts in times.items():
+        # A commitment and a reveal message may leave in one flush (one pacer token).
+        flushes = sorted(set(ts))
+        assert len(flushes) > PACE_BURST, f"{name}: too few ballot messages to exercise the pacer"
+        gaps = [b - a for a, b in zip(flushes, flushes[PACE_BURST:])]
+        assert min(gaps) >= interval - 1e-6, f"{name}: {PACE_BURST + 1} flushes within {min(gaps):.4f} s"
