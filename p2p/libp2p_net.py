@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError
 
 # py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default: one more
 # encrypted frame each way per message. Off, it batches them at half a window, as
@@ -263,6 +264,34 @@ class Libp2pNetwork:
             offer(self._events_in, PeerDisconnected(pid), self.stats)
 
 
+class ContainedPubsub(Pubsub):
+    """Pubsub that survives a peer's bytes that do not parse as an RPC.
+
+    py-libp2p 0.8.1 parses each inbound RPC with protobuf and catches only its own
+    errors around it: a ``DecodeError`` escaped the stream handler and ended the whole
+    host, so one bad frame from anyone stopped a peer (seen under load at n=16, where a
+    client's host died with it). Here the stream is reset, the peer dropped from pubsub
+    as for any dead stream, and the RPC counted (``NetworkStats.malformed_rpcs``)."""
+
+    def __init__(self, *args, stats: NetworkStats, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._stats = stats
+
+    async def stream_handler(self, stream) -> None:
+        try:
+            await super().stream_handler(stream)
+        except DecodeError as exc:
+            peer_id = stream.muxed_conn.peer_id
+            self._stats.malformed_rpcs += 1
+            log.warning("malformed pubsub RPC from %s (%s): stream reset", peer_id, exc)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await stream.reset()
+                except Exception:  # noqa: BLE001 -- already broken: reset is best effort
+                    pass
+            self._handle_dead_peer(peer_id)
+
+
 def _build_host(identity: Identity, listen: list[multiaddr.Multiaddr]):
     key_pair = create_new_key_pair(identity.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
@@ -296,14 +325,15 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
         spam_protection_enabled=False,
         max_pending_messages_per_peer=MAX_PARKED_PER_PEER,
     )
-    pubsub = Pubsub(host, gossipsub)
+    stats = NetworkStats()
+    pubsub = ContainedPubsub(host, gossipsub, stats=stats)
     pubsub.counter = time.time_ns()  # not int(time.time()): see module docstring
     events_in, events_out = trio.open_memory_channel[NetworkEvent](INBOX_SIZE)
     outbox_in, outbox_out = trio.open_memory_channel[bytes](OUTBOX_SIZE)
     net = Libp2pNetwork(
         local_peer=host.get_id().to_base58(),
         events=events_out,
-        stats=NetworkStats(),
+        stats=stats,
         listen_addrs=(),
         _host=host,
         _pubsub=pubsub,

@@ -73,6 +73,7 @@ class NetworkStats:
     received: int = 0  # delivered into ``events`` (own messages included), after the gate
     gated: int = 0  # refused by the gate: not delivered, not relayed
     inbound_dropped: int = 0  # events lost because ``events`` was full
+    malformed_rpcs: int = 0  # transport messages that did not parse (the sender's stream is reset)
 
 
 class SwarmNetwork(Protocol):

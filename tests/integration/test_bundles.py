@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import msgpack
 import pytest
 import trio
+from libp2p.peer.id import ID
+from libp2p.utils.varint import encode_varint_prefixed
 
 from agents.metrics import PeerMetrics
 from agents.peer import PeerGate
@@ -27,7 +29,7 @@ from p2p.bundle import encode_bundle
 from p2p.envelope import Envelope, MessageType
 from p2p.errors import RejectReason
 from p2p.keys import Identity
-from p2p.libp2p_net import Libp2pNetwork, NetworkConfig, run_libp2p_network
+from p2p.libp2p_net import GOSSIP_PROTOCOLS, Libp2pNetwork, NetworkConfig, run_libp2p_network
 from p2p.messages import Status
 from p2p.net import MessageArrived
 from p2p.peerbook import DialTarget
@@ -214,3 +216,23 @@ async def test_a_malformed_bundle_is_refused_counted_and_neither_delivered_nor_r
         assert r1.data() == [barrier] and r3.data() == [barrier]
         assert r3.net.stats.gated == 0 and r3.rejections(RejectReason.UNDECODABLE) == 0
         assert r1.net.stats.gated == 2  # nothing re-sent, nothing judged twice
+
+
+# --- (d) bytes that are no pubsub RPC at all: that stream is reset, the host carries on -----
+
+
+async def test_a_malformed_pubsub_rpc_resets_its_stream_and_the_host_carries_on() -> None:
+    """py-libp2p lets protobuf's DecodeError out of its pubsub stream handler, and that
+    ended the whole host: one bad RPC from anyone stopped a peer (a benchmark client died
+    so under load). Now the stream is reset, the RPC counted, and the rest flows."""
+    async with hosts([("p", "r1"), ("r2", "r1")]) as h:
+        p, r1, r2 = h["p"], h["r1"], h["r2"]
+        with trio.fail_after(WAIT):  # p writes by hand on a pubsub stream of its own
+            stream = await p.net.host.new_stream(ID.from_base58(r1.peer), [GOSSIP_PROTOCOLS[0]])
+            await stream.write(encode_varint_prefixed(b"\x0f\x00"))  # field 1, wire type 7: none exists
+        await until(lambda: r1.net.stats.malformed_rpcs == 1, "r1 counted the malformed RPC")
+        barrier = status(1)
+        with trio.fail_after(WAIT):
+            await r2.net.publish(barrier)
+        await until(lambda: barrier in r1.data(), "r1 still delivers what r2 publishes")
+        assert r1.net.stats.gated == 0

@@ -568,7 +568,7 @@ async def test_peer_stopped_reports_the_counters_on_cancellation(
             assert rec.fields == {
                 "name": observer_name(OBSERVER), "height": 0, "motions": 1, "agreements": 0, "decisions": 0,
                 "accepted": 5, "rejected": {"undecodable": 1}, "duplicates": 0, "inbound_dropped": 0,
-                "published": 0, "frames": 0, "forced": 0, "ballots": {},
+                "published": 0, "frames": 0, "forced": 0, "ballots": {}, "malformed_rpcs": 0,
             }
             assert rec.msg == (
                 f"peer {observer_name(OBSERVER)} stopped at height 0: motions 1, agreements 0, "
