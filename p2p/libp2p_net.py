@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -52,6 +53,7 @@ from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+import libp2p.pubsub.gossipsub as libp2p_gossipsub
 import libp2p.pubsub.pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -94,6 +96,33 @@ MESH_DEGREE, MESH_DEGREE_LOW, MESH_DEGREE_HIGH = 4, 3, 8
 # holds frames of at most 256 KiB (BUNDLE_BYTES), most of them far smaller.
 PEER_QUEUE_SIZE = 256
 libp2p_pubsub.RpcQueue = functools.partial(RpcQueue, max_size=PEER_QUEUE_SIZE)
+# py-libp2p attaches the sender's signed peer record to every pubsub RPC and checks it on
+# every one it receives (an ed25519 signature and a peerstore update, twice for an RPC
+# with control messages): about 3% of a busy validator's CPU in issue 7's profile. A
+# record's bytes already checked for that peer are taken as checked, for a while.
+RECORD_RECHECK_S = 600.0  # then checked again, which renews its 2 h peerstore lifetime
+_checked_records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # host -> {peer: (record, when)}
+_consume_signed_record = libp2p_pubsub.maybe_consume_signed_record
+
+
+def _consume_signed_record_once(msg, host, peer_id) -> bool:
+    if not msg.HasField("senderRecord"):
+        return True
+    checked = _checked_records.setdefault(host, {})
+    record, now = msg.senderRecord, time.monotonic()
+    known = checked.get(peer_id)
+    if known is not None and known[0] == record and now - known[1] < RECORD_RECHECK_S:
+        return True
+    ok = _consume_signed_record(msg, host, peer_id)
+    if ok:
+        if len(checked) >= 4096:  # peers come and go: a bound, not an eviction policy
+            checked.clear()
+        checked[peer_id] = (record, now)
+    return ok
+
+
+libp2p_pubsub.maybe_consume_signed_record = _consume_signed_record_once
+libp2p_gossipsub.maybe_consume_signed_record = _consume_signed_record_once
 PEER_QUEUE_HIGH_WATER = PEER_QUEUE_SIZE * 3 // 4  # our own publishes wait below this
 QUEUE_WAIT_S = 5.0  # a peer that reads slowly under load catches up within this
 DIAL_TIMEOUT = 5.0
