@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -34,6 +35,11 @@ from p2p.keys import Identity  # noqa: E402
 from p2p.libp2p_net import NetworkConfig, run_libp2p_network  # noqa: E402
 from p2p.messages import Motion  # noqa: E402
 from p2p.swarmfile import ChainConfig, Params, load_swarm_file, render_swarm_file  # noqa: E402
+
+# A benchmark stopped with SIGTERM (``timeout``, a CI runner) must still stop its peers:
+# Python's default action exits without running ``running_swarm``'s cleanup, and 16 peer
+# processes went on using the machine. As SystemExit, the cleanup runs.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 START_TIMEOUT = 120.0  # 16 processes importing libp2p on 2 cores
 QUIET_TIMEOUT = 60.0
