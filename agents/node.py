@@ -79,6 +79,11 @@ MAX_EVENTS_PER_PASS = 256  # events handled between two progress steps
 BALLOT_BATCH_S = 0.02  # how long a quick ballot may wait to share a store transaction
 MAX_BALLOT_BATCH = 256
 MAX_RESEND_PER_TICK = 256  # own ballots re-sent per tick (they travel together: a few messages)
+# Re-sends back off exponentially (ballot_rebroadcast_ms, then twice, four times... up to
+# 2**6 times that). At a fixed period, an overloaded swarm of 16 re-sent its backlog
+# every 5 s to every validator, and the re-sends (up to 43,000 duplicate items at one
+# validator) took the capacity that the first copies needed: no height was decided.
+MAX_RESEND_BACKOFF = 6
 
 
 # --- events the node's loop handles besides network events ---------------------------
@@ -131,6 +136,10 @@ class OwnBallot:
     committed_at: float
     last_sent: float
     revealed: bool = False
+    resends: int = 0  # re-sent this many times: each waits twice as long as the one before
+
+    def resend_due(self, now: float, every: float) -> bool:
+        return now - self.last_sent >= every * (2 ** min(self.resends, MAX_RESEND_BACKOFF))
 
 
 @dataclass(slots=True)
@@ -416,10 +425,11 @@ class AgentNode:
         # a backlog of hundreds of resolvable motions it was most of the traffic.
         now, every = self._clock(), self.swarm.params.ballot_rebroadcast_ms / 1000
         due = [own for motion_id, own in self.mine.items()
-               if self.pool.get(motion_id) is not None and now - own.last_sent >= every
+               if self.pool.get(motion_id) is not None and own.resend_due(now, every)
                and not self.pool.is_quorum(self.pool.progress(motion_id).revealed_power)][:MAX_RESEND_PER_TICK]
         for own in due:
             own.last_sent = now
+            own.resends += 1
             self._commit_out.append(own.commitment)
             if own.revealed:
                 self._reveal_out.append(own.reveal)

@@ -42,7 +42,7 @@ from p2p.swarmfile import ChainConfig, Params, load_swarm_file, render_swarm_fil
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 START_TIMEOUT = 120.0  # 16 processes importing libp2p on 2 cores
-QUIET_TIMEOUT = 60.0
+QUIET_TIMEOUT = 180.0  # real-model peers evaluate their persona first: on 2 cores, over 60 s in one run
 
 
 def bench_params(**overrides) -> Params:

@@ -31,8 +31,8 @@ from p2p.errors import RemoteProtocolError
 # and more; leave room for the pubsub framing.
 MAX_FRAME_BYTES = 1_000_000
 INBOX_SIZE = 4096  # above the 1024 envelopes one bundle may hold (p2p/bundle.py)
-# Motions and ballots come in thousands and are re-sent by their authors; a proposal or
-# a vote is sent once a round. Dropped alike, under twice its rated load a swarm of 16
+# Motions and ballots come in thousands and are re-sent by their authors; a lost vote
+# waits for the core's rebroadcast timer, and a round may time out meanwhile. Dropped alike, under twice its rated load a swarm of 16
 # lost 600 to 2,800 events per validator, votes among them, and decided no height in
 # 160 s. Bulk may fill the channel up to its last CONSENSUS_RESERVE places only.
 CONSENSUS_RESERVE = 1024
