@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
-	  echo "building $(LLAMA) ($(LLAMA_CMAKE_ARGS)): about 5 minutes on 2 cores, once per machine"; \
+	  echo "building $(LLAMA) ($(LLAMA_CMAKE_ARGS)): about 4 minutes on 2 cores, once per machine"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
 	    -w $(LLAMA_WHEELS) '$(LLAMA)'; }
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl

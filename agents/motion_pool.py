@@ -9,7 +9,8 @@ It is bounded, because anyone may submit motions: at most ``max_pending_motions`
 all and ``max_pending_per_sender`` from one signer; duplicates and motions decided
 before are dropped. Ballots may outrun their motion (a motion comes from its client by
 gossip, ballots from validators directly): those are kept, up to a bound shared fairly
-among the validators, and applied when the motion arrives. Pure: the caller passes the time in (seconds, any monotonic clock).
+among the validators, and applied when the motion arrives. Pure: the caller passes the
+time in (seconds, any monotonic clock).
 """
 
 from __future__ import annotations
@@ -231,10 +232,9 @@ class EarlyBallots:
         self.per_voter = per_voter
         self._by_motion: OrderedDict[bytes, list[tuple[bytes, Commitment | Reveal]]] = OrderedDict()
         self._per_voter: Counter[bytes] = Counter()
-        self._count = 0
 
     def __len__(self) -> int:
-        return self._count
+        return self._per_voter.total()
 
     def keep(self, motion_id: bytes, voter: bytes, item: Commitment | Reveal) -> bool:
         kept = self._by_motion.get(motion_id, [])
@@ -244,7 +244,6 @@ class EarlyBallots:
             return False
         self._by_motion.setdefault(motion_id, kept).append((voter, item))
         self._per_voter[voter] += 1
-        self._count += 1
         return True
 
     def take(self, motion_id: bytes) -> list[Commitment | Reveal]:
@@ -253,5 +252,4 @@ class EarlyBallots:
             self._per_voter[voter] -= 1
             if not self._per_voter[voter]:
                 del self._per_voter[voter]
-        self._count -= len(kept)
         return sorted((i for _, i in kept), key=lambda i: not isinstance(i, Commitment))

@@ -70,10 +70,6 @@ class Alarm:
         self._deadline = math.inf
         self._changed = trio.Event()
 
-    @property
-    def deadline(self) -> float:
-        return self._deadline
-
     def set(self, deadline: float) -> None:
         if deadline < self._deadline:
             self._deadline = deadline

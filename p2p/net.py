@@ -5,9 +5,10 @@ and hands back a ``SwarmNetwork``. It delivers ``NetworkEvent``s through one bou
 channel, ``events``: when that channel is full the newest event is dropped and counted
 in ``stats.inbound_dropped`` (receivers must keep up, and the protocol above recovers
 lost messages). Its last ``CONSENSUS_RESERVE`` places are kept for everything but the
-bulk (motions and ballots), so that an overload drops bulk before any proposal or vote. Publishing goes through one bounded outbox drained by a single sender
-task; ``publish`` waits while the outbox is full, so a fast producer is slowed instead
-of silently losing messages.
+bulk (motions and ballots), so that an overload drops bulk before any proposal or vote.
+Publishing goes through one bounded outbox drained by a single sender task; ``publish``
+waits while the outbox is full, so a fast producer is slowed instead of silently losing
+messages.
 
 A peer's own published messages are delivered back to it, as libp2p pubsub does.
 
@@ -32,9 +33,9 @@ from p2p.errors import RemoteProtocolError
 MAX_FRAME_BYTES = 1_000_000
 INBOX_SIZE = 4096  # above the 1024 envelopes one bundle may hold (p2p/bundle.py)
 # Motions and ballots come in thousands and are re-sent by their authors; a lost vote
-# waits for the core's rebroadcast timer, and a round may time out meanwhile. Dropped alike, under twice its rated load a swarm of 16
-# lost 600 to 2,800 events per validator, votes among them, and decided no height in
-# 160 s. Bulk may fill the channel up to its last CONSENSUS_RESERVE places only.
+# waits for the core's rebroadcast timer, and a round may time out meanwhile. Dropped
+# alike, under twice its rated load a swarm of 16 lost 600 to 2,800 events per
+# validator, votes among them, and decided no height in 160 s. Bulk may fill the channel up to its last CONSENSUS_RESERVE places only.
 CONSENSUS_RESERVE = 1024
 BULK_TYPES = frozenset({MessageType.MOTION, MessageType.BALLOT_COMMIT, MessageType.BALLOT_REVEAL})
 OUTBOX_SIZE = 256
