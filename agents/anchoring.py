@@ -29,6 +29,7 @@ from agents.storage import PeerStore
 from agents.valset import consensus_valset
 from consensus.anchor.evm import AnchorError, AnchorRejected, Anchored, ChainUnavailable
 from consensus.checkpoint import Checkpoint, checkpoint_for
+from consensus.errors import LocalProtocolError
 from p2p.chainkeys import chain_private_key, recover_address, sign_digest
 from p2p.envelope import MessageType
 from p2p.errors import ConfigError
@@ -64,7 +65,7 @@ class LedgerClient:
         if not path.exists():
             try:
                 Ledger.create(path, swarm.swarm_id, [(v.chain_address, v.power) for v in swarm.validators])
-            except Exception as exc:  # another peer created it first, or a bad set
+            except (LocalProtocolError, OSError) as exc:  # another peer created it first, a bad set, a read-only disk
                 if not path.exists():
                     raise ConfigError(f"{path}: cannot create the ledger ({exc})") from None
         self.ledger = Ledger(path)

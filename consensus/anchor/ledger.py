@@ -47,6 +47,14 @@ class LedgerPosition:
     record_hash: str
 
 
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _line_hash(line: str) -> str:
     return hashlib.sha256(line.encode()).hexdigest()
 
@@ -75,14 +83,25 @@ class Ledger:
         header = {"format": FORMAT, "ledger_id": os.urandom(32).hex(), "swarm_id": swarm_id.hex(),
                   "validators": vals}
         path = Path(path)
+        if path.exists():
+            raise LocalProtocolError(f"{path}: already exists; refusing to overwrite a ledger")
+        # The peers of one machine share this file and may start together: it must
+        # appear whole or not at all. So the header is written and fsynced under a
+        # private name, then hard-linked into place, which fails if another got there
+        # first (a rename would silently replace theirs).
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise LocalProtocolError(f"{path}: already exists; refusing to overwrite a ledger") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(header, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            with open(tmp, "x") as f:
+                f.write(json.dumps(header, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise LocalProtocolError(f"{path}: already exists; refusing to overwrite a ledger") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
         return cls(path)
 
     # --- reading ----------------------------------------------------------------------

@@ -39,8 +39,18 @@ class Swarm:
     def start_all(self, *extra: str, model: str | None = FIXED_MODEL) -> dict[str, PeerProcess]:
         peers = {v.name: self.start(v.name, *extra, model=model) for v in self.cfg.validators}
         for p in peers.values():
-            wait_joined(p, {v.name for v in self.cfg.validators} - {p.name})
+            try:
+                wait_joined(p, {v.name for v in self.cfg.validators} - {p.name})
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{self.exited()}") from None
         return peers
+
+    def exited(self) -> str:
+        """Which peers have died, with the end of what each printed: a peer that cannot
+        be joined is most often one that crashed at start."""
+        dead = [p for p in self.procs if p.proc.poll() is not None]
+        return "\n".join(f"{p.name} exited {p.proc.returncode}:\n" + "\n".join(p.raw[-12:]) for p in dead) \
+            or "no peer has exited"
 
 
 def wait_joined(proc: PeerProcess, names: set[str], timeout: float = JOIN_TIMEOUT) -> None:

@@ -128,3 +128,35 @@ def test_two_processes_submitting_at_once_anchor_once(tmp_path) -> None:
         p.join(30)
     assert results == ["WrongCheckpointNumber", "anchored"]
     assert ledger.count() == 1
+
+
+def _open_as_soon_as_it_exists(path: str, ready, out) -> None:
+    p = Path(path)
+    ready.set()
+    for _ in range(50_000_000):  # bounded spin: the creator is a few ms away
+        if p.exists():
+            break
+    try:
+        out.put(Ledger(p).swarm_id.hex())
+    except LedgerCorrupt as exc:
+        out.put(f"LedgerCorrupt: {exc}")
+
+
+def test_a_ledger_being_created_is_never_seen_incomplete(tmp_path) -> None:
+    """Peers of one machine share the ledger file and the first to start creates it: a
+    peer that opened it between the creator's O_CREAT and its write saw an empty file and
+    died with LedgerCorrupt (found by test_swarm, about 1 start in 25). The file now
+    appears complete or not at all."""
+    ctx = multiprocessing.get_context("spawn")
+    for trial in range(20):
+        path = tmp_path / f"ledger{trial}.jsonl"
+        ready, out = ctx.Event(), ctx.Queue()
+        reader = ctx.Process(target=_open_as_soon_as_it_exists, args=(str(path), ready, out))
+        reader.start()
+        try:
+            assert ready.wait(60)
+            Ledger.create(path, SWARM, [(chain_address(s), 1) for s in SEEDS])
+            assert out.get(timeout=60) == SWARM.hex(), f"trial {trial}"
+        finally:
+            reader.join(30)
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.endswith(".jsonl")]  # no temporary left
