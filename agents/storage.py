@@ -59,6 +59,7 @@ from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyState
 from consensus.types import HASH_BYTES, Block, VoteType
 from p2p import errors as perrors
+from p2p.durable import fsync_directory
 from p2p.errors import ConfigError
 
 FILE_NAME = "peer.sqlite3"
@@ -195,7 +196,7 @@ class PeerStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             _migrate(db, path)
-            _fsync_dir(data_dir)  # the new file and its WAL survive a power loss too
+            fsync_directory(data_dir)  # the new file and its WAL survive a power loss too
             store = cls(path, db, lock_fd, genesis_hash, max_pending)
             store._check_genesis()
             return store
@@ -624,14 +625,6 @@ def _lock(lock_path: Path, path: Path) -> int:
         raise ConfigError(f"{path}: the peer store is in use by another process (or another open store); "
                           "two peers must never share a data directory") from None
     return fd
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _abandon(db: sqlite3.Connection | None, lock_fd: int) -> None:

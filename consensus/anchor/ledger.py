@@ -28,6 +28,7 @@ from consensus.anchor.evm import AnchorError, Anchored, AnchorRejected
 from consensus.checkpoint import Checkpoint
 from consensus.errors import LocalProtocolError
 from p2p.chainkeys import normalise_address, recover_address
+from p2p.durable import fsync_directory
 
 FORMAT = "conclave-ledger/1"
 # The ledger's stand-in for a chain id in the signed digest (ASCII "conclave"), far
@@ -45,14 +46,6 @@ class LedgerPosition:
 
     line: int
     record_hash: str
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _line_hash(line: str) -> str:
@@ -101,7 +94,7 @@ class Ledger:
                 raise LocalProtocolError(f"{path}: already exists; refusing to overwrite a ledger") from None
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return cls(path)
 
     # --- reading ----------------------------------------------------------------------
