@@ -210,9 +210,16 @@ class AgentNode:
         last = await self.store.alast_height()
         tip = await self.store.atip_hash()
         decided: set[bytes] = set()
+        # The stored chain is checked before anything is built on it: the links all the
+        # way, and the tip's certificate (a decision changed on disk is refused at start).
+        linked, decision = self.store.genesis_hash, None
         for first in range(1, last + 1, 256):
-            for d in await self.store.adecisions(first, min(last, first + 255)):
-                decided.update(_motion_ids(d.block))
+            chunk = await self.store.adecisions(first, min(last, first + 255))
+            linked = self.store.check_links(chunk, linked)
+            for decision in chunk:
+                decided.update(_motion_ids(decision.block))
+        if decision is not None:
+            self.store.check_certificate(decision, self.valset, self.swarm.swarm_id)
         self.pool = MotionPool(self.swarm, decided)
         safety = None
         durable: SafetyState | None = None

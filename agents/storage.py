@@ -57,7 +57,7 @@ from agents.commitment import SALT_BYTES, Commitment, Reveal
 from consensus import errors as cerrors
 from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyState
-from consensus.types import HASH_BYTES, Block, VoteType
+from consensus.types import HASH_BYTES, Block, ValidatorSet, VoteType
 from p2p import errors as perrors
 from p2p.durable import fsync_directory
 from p2p.errors import ConfigError
@@ -365,6 +365,24 @@ class PeerStore:
         if (cert.type, cert.height, cert.round, cert.value) != (VoteType.PRECOMMIT, height, round, block_hash):
             raise self._corrupt("decisions", key, "the certificate does not commit this block")
         return Decision(height, round, block, cert)
+
+    def check_links(self, decisions: Iterable[Decision], prev_hash: bytes) -> bytes:
+        """That each of ``decisions`` (in height order) links the block before it,
+        starting from ``prev_hash``; returns the last one's hash. A stored block changed
+        on disk, whatever its row says, changes its hash and so breaks the next link."""
+        for d in decisions:
+            if d.block.prev_hash != prev_hash:
+                raise self._corrupt("decisions", f"height {d.height}",
+                                    "its block does not link the block before it (changed on disk?)")
+            prev_hash = d.block.hash
+        return prev_hash
+
+    def check_certificate(self, decision: Decision, valset: ValidatorSet, swarm_id: bytes) -> None:
+        """That the decision's certificate carries a quorum of valid signatures: checked
+        at start for the tip, which, with the links, vouches for every block below it."""
+        why = decision.certificate.verify(valset, swarm_id)
+        if why is not None:
+            raise self._corrupt("decisions", f"height {decision.height}", f"its certificate does not verify: {why}")
 
     def last_height(self) -> int:
         """The last decided height; 0 before the first decision."""
