@@ -19,7 +19,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
 endif
 LLAMA_WHEELS := $(HOME)/.cache/conclave/wheels/$(shell echo '$(LLAMA) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test unit integration bench bench-report clean
+.PHONY: setup demo test unit integration bench bench-report faults clean
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -66,6 +66,10 @@ bench: setup
 	$(BIN)/python bench/bench_throughput.py
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/report.py
+
+# The long versions of the hostile-conditions suite (tests/faults/), and their table.
+faults: setup
+	$(BIN)/python -m tests.faults.run_faults
 
 # The summary (bench/results/summary.{json,md}) and figures (docs/perf/) from the results there are.
 bench-report: setup

@@ -51,7 +51,10 @@ def conclave_command(*args: str) -> list[str]:
 
 
 class PeerProcess:
-    def __init__(self, name: str, args: Sequence[str], on_event: Callable[[str, Event], None] | None = None) -> None:
+    def __init__(self, name: str, args: Sequence[str], on_event: Callable[[str, Event], None] | None = None,
+                 command: Sequence[str] | None = None) -> None:
+        """``command``: another program that logs JSON lines the same way (a test
+        peer), run instead of `conclave peer ARGS`."""
         self.name = name
         self.events: list[Event] = []
         self.raw: list[str] = []  # lines that are not JSON (tracebacks, stray prints)
@@ -59,7 +62,7 @@ class PeerProcess:
         self._on_event = on_event
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            conclave_command("peer", *args, "--log-format", "json"),
+            list(command) if command is not None else conclave_command("peer", *args, "--log-format", "json"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)

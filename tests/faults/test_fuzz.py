@@ -17,7 +17,7 @@ from agents.peer import PEER_DECODERS
 from p2p.errors import RejectReason
 from p2p.validation import Accepted, MessageValidator
 
-from .fuzz_gate import SWARM, FuzzFailure, Report, Sealer, build_corpus, judge, run
+from tests.faults.fuzz_gate import SWARM, FuzzFailure, Report, Sealer, build_corpus, judge, run
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = build_corpus()
@@ -104,3 +104,21 @@ def test_coverage_guided_fuzzing_with_atheris_finds_no_crash():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Done 5000 " in res.stderr
+
+
+def test_make_faults_prints_a_row_per_scenario_and_fails_on_a_violation(monkeypatch, capsys):
+    from tests.faults import run_faults
+
+    monkeypatch.setattr(run_faults, "FUZZ_INPUTS", 300)
+    assert run_faults.main(["--only", "fuzz"]) == 0
+    out = capsys.readouterr().out
+    assert "| bad bytes: mutated messages | 600 | - | 0 | 0 | - |" in out, out
+
+    def violated() -> run_faults.Row:
+        return run_faults.Row("a broken scenario", 1, safety_violations=1, detail="two blocks at height 3")
+
+    monkeypatch.setitem(run_faults.SCENARIOS, "broken", violated)
+    assert run_faults.main(["--only", "broken"]) == 1
+    assert "two blocks at height 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_faults.main(["--only", "nonsense"])
