@@ -103,6 +103,10 @@ class PeerMetrics:
         self.rejections_total = Counter(
             "rejections", "Incoming messages rejected, by reason", ["reason"], namespace=ns, registry=r
         )
+        self.peers_banned_total = Counter(
+            "peers_banned", "Bans of a peer that kept handing us invalid messages (p2p.peer_guard)",
+            namespace=ns, registry=r,
+        )
         self.peers_connected = Gauge("peers_connected", "Peers with a live connection", namespace=ns, registry=r)
         self.decisions_total = Counter(
             "decisions", "Heights decided by this peer's own consensus rounds", namespace=ns, registry=r
@@ -161,6 +165,9 @@ class PeerMetrics:
         if not isinstance(label, str) or not _REASON_RE.match(label):
             raise LocalProtocolError(f"rejection reason {reason!r} is not a lowercase_name of at most 40 chars")
         self.rejections_total.labels(reason=label).inc()
+
+    def peer_banned(self) -> None:
+        self.peers_banned_total.inc()
 
     def set_peers_connected(self, n: int) -> None:
         self.peers_connected.set(_check_count("peers connected", n))

@@ -27,6 +27,7 @@ from p2p.errors import RemoteProtocolError
 from p2p.keys import Identity
 from p2p.messages import DECODERS, Status
 from p2p.net import SwarmNetwork
+from p2p.peer_guard import PeerGuard
 from p2p.swarmfile import SwarmConfig
 from p2p.validation import Accepted, MessageValidator
 
@@ -42,10 +43,13 @@ class PeerGate:
     """The network's gate (``p2p.net.Gate``): full validation before delivery or relay."""
 
     def __init__(self, swarm: SwarmConfig, clock: Callable[[], float] = trio.current_time,
-                 metrics: PeerMetrics | None = None) -> None:
+                 metrics: PeerMetrics | None = None, guard: PeerGuard | None = None) -> None:
         self.validator = MessageValidator(swarm, PEER_DECODERS)
         self._clock = clock
         self.metrics = metrics
+        # The network's guard (it screens frames by sender); we tell it which senders
+        # hand us messages no honest peer would pass on.
+        self.guard = guard
 
     def admit(self, data: bytes, source: str) -> Accepted | None:
         try:
@@ -63,6 +67,14 @@ class PeerGate:
             self.metrics.rejection(error.reason)
         emit(log, "message_rejected", f"rejected message via {source}: {error}", logging.DEBUG,
              reason=error.reason.value, detail=error.detail, source=source, bytes=len(data))
+        if self.guard is not None and self.guard.rejected(source, error.reason, self._clock()):
+            limits = self.guard.limits
+            if self.metrics is not None:
+                self.metrics.peer_banned()
+            emit(log, "peer_banned",
+                 f"banned {source} for {limits.ban_s:g} s: {limits.strikes} invalid messages within "
+                 f"{limits.strike_window_s:g} s, the last {error.reason.value}", logging.WARNING,
+                 source=source, reason=error.reason.value, ban_s=limits.ban_s)
 
 
 class Outbox:
@@ -128,12 +140,14 @@ async def serve_peer(
             f"peer {node.name} stopped at height {node.core.height - 1}: motions {st.motions}, "
             f"agreements {st.agreements}, messages accepted {validator.accepted}, "
             f"rejected {sum(rejected.values())}{' ' + str(rejected) if rejected else ''}, "
-            f"duplicates {st.duplicates}, dropped on overflow {net.stats.inbound_dropped}",
+            f"duplicates {st.duplicates}, dropped on overflow {net.stats.inbound_dropped}, "
+            f"screened {net.stats.screened}",
             name=node.name, height=node.core.height - 1, motions=st.motions, agreements=st.agreements,
             decisions=st.decisions, accepted=validator.accepted, rejected=rejected, duplicates=st.duplicates,
             inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
             frames=net.stats.frames, forced=net.stats.forced, ballots=dict(st.ballots),
-            malformed_rpcs=net.stats.malformed_rpcs,
+            malformed_rpcs=net.stats.malformed_rpcs, screened=net.stats.screened,
+            bans=gate.guard.bans if gate.guard is not None else 0,
         )
 
 

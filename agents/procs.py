@@ -52,9 +52,10 @@ def conclave_command(*args: str) -> list[str]:
 
 class PeerProcess:
     def __init__(self, name: str, args: Sequence[str], on_event: Callable[[str, Event], None] | None = None,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, preexec_fn: Callable[[], None] | None = None) -> None:
         """``command``: another program that logs JSON lines the same way (a test
-        peer), run instead of `conclave peer ARGS`."""
+        peer), run instead of `conclave peer ARGS`. ``preexec_fn``: run in the child
+        before it execs (see subprocess.Popen)."""
         self.name = name
         self.events: list[Event] = []
         self.raw: list[str] = []  # lines that are not JSON (tracebacks, stray prints)
@@ -64,6 +65,7 @@ class PeerProcess:
         self.proc = subprocess.Popen(
             list(command) if command is not None else conclave_command("peer", *args, "--log-format", "json"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
         self._reader.start()

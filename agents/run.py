@@ -23,6 +23,7 @@ from p2p.errors import ConfigError
 from p2p.keys import Identity
 from p2p.libp2p_net import NetworkConfig, run_libp2p_network
 from p2p.messages import Motion
+from p2p.peer_guard import PeerGuard
 from p2p.peerbook import DialTarget
 from p2p.swarmfile import SwarmConfig, multiaddr_problem
 
@@ -150,11 +151,12 @@ async def run_peer_process(opts: PeerOptions) -> None:
                  logging.WARNING)
     store = PeerStore.open(data_dir, genesis_hash=swarm.swarm_id, max_pending=swarm.params.max_pending_motions)
     metrics = PeerMetrics()
-    gate = PeerGate(swarm, metrics=metrics)
+    guard = PeerGuard()
+    gate = PeerGate(swarm, metrics=metrics, guard=guard)
     p = swarm.params
     cfg = NetworkConfig(opts.identity, swarm.topic, opts.listen, opts.dial,
                         p.dial_backoff_initial_ms / 1000, p.dial_backoff_max_ms / 1000, gate=gate,
-                        validators=swarm.validator_peer_ids)
+                        validators=swarm.validator_peer_ids, guard=guard)
     try:
         deliberator = await _deliberator(opts) if is_validator else None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

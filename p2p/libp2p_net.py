@@ -78,6 +78,7 @@ from p2p.net import (
     PeerDisconnected,
     offer,
 )
+from p2p.peer_guard import Admission, PeerGuard
 from p2p.peerbook import DialTarget, PeerBook
 
 log = logging.getLogger("conclave.p2p")
@@ -157,6 +158,9 @@ class NetworkConfig:
     # if we are not and we subscribe, we also follow the validators' frames on
     # ``follow_topic``. Empty: gossip only, as any libp2p pubsub peer.
     validators: frozenset[str] = frozenset()
+    # Per-peer rate limit and ban, checked on every frame before it is decoded (shared
+    # with the gate, which reports the invalid messages that lead to a ban).
+    guard: PeerGuard | None = None
 
 
 def follow_topic(topic: str) -> str:
@@ -204,6 +208,7 @@ class Libp2pNetwork:
     _events_in: trio.MemorySendChannel[NetworkEvent]
     _outbox: trio.MemorySendChannel[bytes]
     _gate: Gate | None = None
+    _guard: PeerGuard | None = None
     _connected: set[str] = field(default_factory=set)
     _unsent: int = 0
     direct_stats: DirectStats = field(default_factory=DirectStats)
@@ -370,6 +375,7 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
         _events_in=events_in,
         _outbox=outbox_in,
         _gate=cfg.gate,
+        _guard=cfg.guard,
         _dialable=frozenset(t.peer_id for t in cfg.dial),
     )
     is_validator = net.local_peer in cfg.validators
@@ -442,6 +448,12 @@ def _admit_frame(net: Libp2pNetwork, data: bytes, source: str) -> bool:
     """Judge each envelope of one frame with the gate and deliver the good ones; True
     if all were good (gossip relays only such a frame). A frame seen before by the other
     path (direct or gossip) is not delivered again."""
+    guard = net._guard
+    # Before the frame cache: a frame dropped here is not judged, so a copy of it from
+    # an honest peer must still be.
+    if guard is not None and source != net.local_peer and guard.admit(source, trio.current_time()) is not Admission.ADMIT:
+        net.stats.screened += 1
+        return False
     digest = None
     if net._recent is not None:
         digest = RecentFrames.digest(data)

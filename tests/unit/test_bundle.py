@@ -23,6 +23,7 @@ from p2p.direct import DirectStats, RecentFrames
 from p2p.libp2p_net import _gate_hook
 from p2p.messages import Status
 from p2p.net import MessageArrived, NetworkStats
+from p2p.peer_guard import GuardLimits, PeerGuard
 from p2p.swarmfile import PROTOCOL_VERSION, SwarmConfig, Validator, default_topic
 
 ALICE = Identity(bytes(range(32)))
@@ -223,10 +224,12 @@ def hook_envelope(seq: int, identity: Identity = ALICE, signature: bytes | None 
     return env.encode()
 
 
-def run_hook(gate, data: bytes) -> tuple[bool, list[MessageArrived], NetworkStats]:
-    """One pubsub message through the hook: (relay?, what was delivered, the stats)."""
+def run_hook(gate, data: bytes, guard=None) -> tuple[bool, list[MessageArrived], NetworkStats]:
+    """One pubsub message through the hook: (relay?, what was delivered, the stats).
+    With a ``guard``, call it inside trio (the hook reads trio's clock)."""
     send, receive = trio.open_memory_channel(2048)
-    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=None)
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=None, _guard=guard,
+                                local_peer="local")
     relay = _gate_hook(net)(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data))
     delivered = []
     while True:
@@ -334,7 +337,7 @@ def test_a_malformed_bundle_is_in_the_same_counters_as_any_other_rejection():
 def run_hook_twice(gate, data: bytes) -> tuple[list[bool], list[MessageArrived], NetworkStats, object]:
     """The same frame through the hook twice, on a network that remembers frames."""
     send, receive = trio.open_memory_channel(2048)
-    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=RecentFrames(4),
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _guard=None, _recent=RecentFrames(4),
                                 direct_stats=DirectStats())
     hook = _gate_hook(net)
     relays = [hook(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data)) for _ in range(2)]
@@ -370,3 +373,41 @@ def test_recent_frames_forget_the_oldest_beyond_their_size():
     assert (recent.get(a), recent.get(b)) == (True, False)
     recent.add(c, True)
     assert recent.get(a) is None and recent.get(b) is False and recent.get(c) is True
+
+
+# --- the peer guard in the receive hook -------------------------------------------------------
+
+
+async def test_a_peer_that_keeps_sending_garbage_is_banned_and_then_screened_unread(caplog):
+    guard = PeerGuard(GuardLimits(strikes=5, ban_s=60.0))
+    gate = PeerGate(HOOK_SWARM, clock=trio.current_time, metrics=PeerMetrics(), guard=guard)
+    for i in range(5):
+        relay, delivered, stats = run_hook(gate, b"\x97garbage" + bytes([i]), guard)
+        assert relay is False and delivered == [] and stats.screened == 0
+    assert guard.is_banned(FORWARDER.peer_id, trio.current_time())
+    banned = [r for r in caplog.records if getattr(r, "event", None) == "peer_banned"]
+    assert len(banned) == 1 and banned[0].levelname == "WARNING" and FORWARDER.peer_id in banned[0].getMessage()
+    assert gate.metrics.registry.get_sample_value("conclave_peers_banned_total") == 1.0
+    # Banned: even a valid envelope from it is dropped before the gate looks at it.
+    judged = gate.validator.accepted + sum(gate.validator.rejected.values())
+    relay, delivered, stats = run_hook(gate, hook_envelope(1), guard)
+    assert relay is False and delivered == [] and stats.screened == 1
+    assert gate.validator.accepted + sum(gate.validator.rejected.values()) == judged
+
+
+async def test_a_peer_over_its_rate_is_screened_but_not_banned_and_its_frames_stay_unjudged():
+    guard = PeerGuard(GuardLimits(rate_per_s=1e-6, burst=2))
+    gate = PeerGate(HOOK_SWARM, clock=trio.current_time, guard=guard)
+    results = [run_hook(gate, hook_envelope(seq), guard) for seq in (1, 2, 3)]
+    assert [r[0] for r in results] == [True, True, False]
+    assert results[2][2].screened == 1 and not guard.is_banned(FORWARDER.peer_id, trio.current_time())
+
+
+async def test_the_guard_never_screens_our_own_messages():
+    guard = PeerGuard(GuardLimits(rate_per_s=1e-6, burst=1))
+    send, _ = trio.open_memory_channel(16)
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=None, _recent=None, _guard=guard,
+                                local_peer=FORWARDER.peer_id)
+    hook = _gate_hook(net)
+    assert all(hook(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=hook_envelope(s))) for s in (1, 2, 3))
+    assert net.stats.screened == 0

@@ -568,11 +568,11 @@ async def test_peer_stopped_reports_the_counters_on_cancellation(
             assert rec.fields == {
                 "name": observer_name(OBSERVER), "height": 0, "motions": 1, "agreements": 0, "decisions": 0,
                 "accepted": 5, "rejected": {"undecodable": 1}, "duplicates": 0, "inbound_dropped": 0,
-                "published": 0, "frames": 0, "forced": 0, "ballots": {}, "malformed_rpcs": 0,
+                "published": 0, "frames": 0, "forced": 0, "ballots": {}, "malformed_rpcs": 0, "screened": 0, "bans": 0,
             }
             assert rec.msg == (
                 f"peer {observer_name(OBSERVER)} stopped at height 0: motions 1, agreements 0, "
-                "messages accepted 5, rejected 1 {'undecodable': 1}, duplicates 0, dropped on overflow 0"
+                "messages accepted 5, rejected 1 {'undecodable': 1}, duplicates 0, dropped on overflow 0, screened 0"
             )
             await recorder.wait_each(["v1", "v2", "v3", "v4"], "peer_left")
 
