@@ -41,6 +41,7 @@ from consensus.events import (
     VotePersisted,
     VoteReceived,
 )
+from consensus.evidence import DuplicateProposalEvidence
 from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyRules
 from consensus.types import NIL, Block, Proposal, SignedProposal, SignedVote, Step, ValidatorSet, Vote, VoteType
@@ -215,6 +216,9 @@ class Core:
             return
         if known:
             self._ignore("conflicting_proposal")  # an equivocating proposer
+            if len(known) == 1:  # once per round: the first pair proves it
+                first = next(iter(known.values()))
+                self._out.append(ReportEvidence(DuplicateProposalEvidence.of(first, sp)))
             if len(known) >= MAX_PROPOSALS_PER_ROUND:
                 return
         known[p.block.hash] = sp

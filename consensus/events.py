@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from consensus.errors import LocalProtocolError
-from consensus.evidence import DuplicateVoteEvidence
+from consensus.evidence import Evidence
 from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyState
 from consensus.types import Block, SignedProposal, SignedVote, VoteType
@@ -150,7 +150,7 @@ class Decide:
 
 @dataclass(frozen=True, slots=True)
 class ReportEvidence:
-    evidence: DuplicateVoteEvidence
+    evidence: Evidence
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,7 @@
 """Evidence of equivocation: two signed votes by one validator for the same height,
-round and type but different values. Anyone holding the validator set can check it."""
+round and type but different values, or two signed proposals by one proposer for the
+same height and round but different blocks. Anyone holding the validator set can check
+it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
-from consensus.types import SignedVote, ValidatorSet, pack, unpack
+from consensus.types import SignedProposal, SignedVote, ValidatorSet, pack, unpack
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,55 @@ class DuplicateVoteEvidence:
             return cls(SignedVote.decode(first), SignedVote.decode(second))
         except (TypeError, ValueError, LocalProtocolError) as exc:
             raise RemoteProtocolError("bad_evidence", str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateProposalEvidence:
+    """Canonical order (``first``'s block hash sorts before ``second``'s). A proposer
+    signs at most one proposal per height and round (Tendermint L19 runs once per
+    round); ours are checked by ``consensus.safety`` before signing, across restarts."""
+
+    first: SignedProposal
+    second: SignedProposal
+
+    def __post_init__(self) -> None:
+        a, b = self.first.proposal, self.second.proposal
+        if (a.proposer, a.height, a.round) != (b.proposer, b.height, b.round):
+            raise LocalProtocolError("evidence proposals must share proposer, height and round")
+        if a.block.hash == b.block.hash:
+            raise LocalProtocolError("evidence proposals must differ in block")
+        if a.block.hash > b.block.hash:
+            raise LocalProtocolError("evidence proposals must be in canonical order (use DuplicateProposalEvidence.of)")
+
+    @classmethod
+    def of(cls, x: SignedProposal, y: SignedProposal) -> DuplicateProposalEvidence:
+        return cls(x, y) if x.proposal.block.hash <= y.proposal.block.hash else cls(y, x)
+
+    @property
+    def validator(self) -> int:
+        return self.first.proposal.proposer
+
+    def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
+        """Both signatures by the proposer of that height and round."""
+        p = self.first.proposal
+        if p.proposer >= len(valset) or valset.proposer(p.height, p.round) != p.proposer:
+            return False
+        return self.first.verify(valset, swarm_id) and self.second.verify(valset, swarm_id)
+
+    def encode(self) -> bytes:
+        return pack([self.first.encode(), self.second.encode()])
+
+    @classmethod
+    def decode(cls, data: bytes) -> DuplicateProposalEvidence:
+        obj = unpack(data, "evidence")
+        try:
+            first, second = obj
+            return cls(SignedProposal.decode(first), SignedProposal.decode(second))
+        except (TypeError, ValueError, LocalProtocolError) as exc:
+            raise RemoteProtocolError("bad_evidence", str(exc)) from None
+
+
+Evidence = DuplicateVoteEvidence | DuplicateProposalEvidence
 
 
 def find_equivocations(votes: Iterable[SignedVote], valset: ValidatorSet, swarm_id: bytes) -> list[DuplicateVoteEvidence]:

@@ -24,7 +24,7 @@ from consensus.events import (
     RequestDecision, RequestValue, ScheduleTimeout, Started, TimeoutFired, ValidateValue, ValueReady,
     ValueValidated, VotePersisted, VoteReceived,
 )
-from consensus.evidence import DuplicateVoteEvidence
+from consensus.evidence import Evidence
 from consensus.safety import SafetyRules
 from consensus.sim.byzantine import INVALID_MARK, Byzantine, Cabal, Send, choose_behaviours
 from consensus.sim.network import Network, NetworkConfig, Partition, resolve_partition
@@ -130,7 +130,7 @@ class Checker:
             self._fail(f"{where}: prev_hash {b.prev_hash.hex()[:16]} does not chain to {last_hash.hex()[:16]}")
         self._last[i] = (h, b.hash)
 
-    def on_evidence(self, i: int, ev: DuplicateVoteEvidence) -> None:
+    def on_evidence(self, i: int, ev: Evidence) -> None:
         if not ev.verify(self.valset, self.swarm_id):
             self._fail(f"validator {i} reported evidence that does not verify: {ev}")
         if ev.validator in self.honest:

@@ -20,7 +20,7 @@ from agents.procs import PeerProcess, free_tcp_ports, run_conclave
 from agents.run import dial_targets, propose_many
 from agents.swarm_init import init_swarm
 from agents.valset import consensus_valset
-from consensus.evidence import DuplicateVoteEvidence, find_equivocations
+from consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence, find_equivocations
 from consensus.types import SignedVote
 from p2p.keys import Identity
 from p2p.messages import Motion
@@ -86,8 +86,13 @@ def test_honest_validators_keep_safety_and_deciding_and_prove_the_liar_equivocat
         assert logged, f"{p.name} logged no evidence"
         for e in logged:
             assert e["validator"] == "v4"
-            ev = DuplicateVoteEvidence.decode(bytes.fromhex(e["evidence"]))
-            assert ev.verify(valset, cfg.swarm_id) and ev.first.vote.validator == liar_index
+            decode = DuplicateProposalEvidence.decode if e["kind"] == "proposal" else DuplicateVoteEvidence.decode
+            ev = decode(bytes.fromhex(e["evidence"]))
+            assert ev.verify(valset, cfg.swarm_id) and ev.validator == liar_index
+    # A double proposal is proved too, by the peers that were still at its height.
+    doubled = {(e["height"], e["round"]) for e in liar.named("byz_double_proposal")}
+    proved = {(e["height"], e["round"]) for p in honest.values() for e in p.named("evidence") if e["kind"] == "proposal"}
+    assert proved <= doubled and (proved or not doubled), (doubled, proved)
 
     # Its ballots were refused (each reveal opens no commitment): no tally counts v4.
     for p in honest.values():

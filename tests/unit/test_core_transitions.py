@@ -48,7 +48,7 @@ from consensus.events import (
     VotePersisted,
     VoteReceived,
 )
-from consensus.evidence import DuplicateVoteEvidence
+from consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence
 from consensus.qc import QuorumCertificate
 from consensus.safety import SafetyRules
 from consensus.types import (
@@ -639,6 +639,20 @@ def test_duplicate_votes_are_not_double_counted() -> None:
         assert summaries(h.feed_all(pv(0, NIL, 1))) == []
     assert h.state() == S(0, PV)
     assert summaries(h.feed_all(pv(0, NIL, 2))) == [sched(PREVOTE_T, 0), *persist_and_send("PRECOMMIT", 0, "nil")]
+
+
+def test_a_second_proposal_for_one_round_yields_one_verifiable_evidence() -> None:
+    h = Harness()
+    h.feed_all([START, prop(0, V)])
+    first, second = signed_proposal(0, V), signed_proposal(0, V_ALT)
+    out = h.feed(ProposalReceived(second))
+    assert summaries(out) == [("ReportEvidence", 1)]
+    ev = out[0].evidence
+    assert ev == DuplicateProposalEvidence.of(first, second) and ev.verify(h.valset, SWARM)
+    assert DuplicateProposalEvidence.decode(ev.encode()) == ev
+    # The same one again, or a third block in that round: nothing more to prove.
+    assert h.feed(ProposalReceived(second)) == []
+    assert summaries(h.feed(prop(0, blk("v''", 1)))) == []
 
 
 def test_a_conflicting_vote_yields_one_evidence_and_counts_only_toward_its_own_value() -> None:

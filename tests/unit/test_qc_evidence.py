@@ -1,5 +1,5 @@
 """Quorum certificates (strictly more than 2/3 of the power, verifiable by anyone holding
-the validator set) and duplicate-vote evidence."""
+the validator set) and evidence of duplicate votes and proposals."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.errors import LocalProtocolError, RemoteProtocolError
-from consensus.evidence import DuplicateVoteEvidence, find_equivocations
+from consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence, find_equivocations
 from consensus.qc import QuorumCertificate
-from consensus.types import SignedVote, Validator, ValidatorSet, Vote, VoteType
+from consensus.types import Block, Proposal, SignedProposal, SignedVote, Validator, ValidatorSet, Vote, VoteType
 
 SWARM = hashlib.sha256(b"qc swarm").digest()
 OTHER_SWARM = hashlib.sha256(b"another swarm").digest()
@@ -272,3 +272,48 @@ def test_find_equivocations_reports_each_conflicting_pair_once() -> None:
 def test_find_equivocations_ignores_forged_and_honest_traffic() -> None:
     forged = sv(3, W, key=2)  # claims validator 3, signed by 2's key
     assert find_equivocations([sv(3), forged, sv(3, type=PREVOTE)], EQUAL4, SWARM) == []
+
+
+# --- DuplicateProposalEvidence ----------------------------------------------------------------
+
+
+def sp(i: int, payload: bytes, height: int = 7, round: int = 2, key: int | None = None) -> SignedProposal:
+    p = Proposal(height, round, Block(height, bytes(32), PKS[i], payload), -1, i)
+    return SignedProposal(p, KEYS[i if key is None else key].sign(p.signing_bytes(SWARM)).signature)
+
+
+def test_proposal_evidence_is_canonical_verifies_and_round_trips() -> None:
+    proposer = EQUAL4.proposer(7, 2)
+    a, b = sp(proposer, b"one"), sp(proposer, b"two")
+    e = DuplicateProposalEvidence.of(a, b)
+    assert e == DuplicateProposalEvidence.of(b, a) and e.validator == proposer
+    assert e.verify(EQUAL4, SWARM) and not e.verify(EQUAL4, OTHER_SWARM)
+    assert DuplicateProposalEvidence.decode(e.encode()) == e
+    lo, hi = sorted((a, b), key=lambda x: x.proposal.block.hash)
+    with pytest.raises(LocalProtocolError, match="canonical"):
+        DuplicateProposalEvidence(hi, lo)
+
+
+@pytest.mark.parametrize("pair, why", [
+    (lambda p: (sp(p, b"one"), sp(p, b"one")), "differ"),
+    (lambda p: (sp(p, b"one"), sp(p, b"two", round=3)), "share"),
+    (lambda p: (sp(p, b"one"), sp((p + 1) % 4, b"two")), "share"),
+])
+def test_proposal_evidence_needs_one_proposer_one_round_two_blocks(pair, why) -> None:
+    x, y = pair(EQUAL4.proposer(7, 2))
+    with pytest.raises(LocalProtocolError, match=why):
+        DuplicateProposalEvidence.of(x, y)
+
+
+def test_proposal_evidence_with_a_forged_signature_or_from_a_non_proposer_does_not_verify() -> None:
+    proposer = EQUAL4.proposer(7, 2)
+    forged = sp(proposer, b"two", key=(proposer + 1) % 4)
+    assert not DuplicateProposalEvidence.of(sp(proposer, b"one"), forged).verify(EQUAL4, SWARM)
+    other = (proposer + 1) % 4  # signed by itself, but not the proposer of 7/2
+    assert not DuplicateProposalEvidence.of(sp(other, b"one"), sp(other, b"two")).verify(EQUAL4, SWARM)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x90", b"\x92\xc4\x01x\xc4\x01y"])
+def test_malformed_proposal_evidence_is_a_remote_error(data) -> None:
+    with pytest.raises(RemoteProtocolError):
+        DuplicateProposalEvidence.decode(data)
