@@ -129,6 +129,8 @@ QUEUE_WAIT_S = 5.0  # a peer that reads slowly under load catches up within this
 DIAL_TIMEOUT = 5.0
 RECONNECT_TICK = 0.25
 CLOSE_TIMEOUT = 1.5
+HANG_UP_QUEUE = 64
+HANG_UP_TIMEOUT = 5.0
 SETTLE_LINGER = 0.25
 # A bundle (several envelopes in one pubsub message) stays below this many bytes; a
 # larger envelope travels alone. Large pubsub messages cost py-libp2p's yamux window
@@ -216,6 +218,8 @@ class Libp2pNetwork:
     _dialable: frozenset[str] = frozenset()  # peers our reconnect loop dials (known addresses)
     _recent: RecentFrames | None = None  # set when frames may arrive by two paths
     _inbound: dict[str, int] = field(default_factory=dict)  # open direct streams per validator
+    _hang_ups: trio.MemorySendChannel[str] | None = None  # banned peers to disconnect (``_hang_up_loop``)
+    _hanging_up: set[str] = field(default_factory=set)
 
     @property
     def host(self):
@@ -414,6 +418,10 @@ async def run_libp2p_network(cfg: NetworkConfig, *, task_status=trio.TASK_STATUS
                         net._direct = DirectLinks(host, cfg.validators - {net.local_peer}, nursery, net.direct_stats)
                     nursery.start_soon(_send_loop, outbox_out, net)
                     nursery.start_soon(_reconnect_loop, book, net)
+                    if cfg.guard is not None:
+                        hang_ups_in, hang_ups_out = trio.open_memory_channel[str](HANG_UP_QUEUE)
+                        net._hang_ups = hang_ups_in
+                        nursery.start_soon(_hang_up_loop, hang_ups_out, net)
                     task_status.started(net)
                     await trio.sleep_forever()
             finally:
@@ -451,9 +459,13 @@ def _admit_frame(net: Libp2pNetwork, data: bytes, source: str) -> bool:
     guard = net._guard
     # Before the frame cache: a frame dropped here is not judged, so a copy of it from
     # an honest peer must still be.
-    if guard is not None and source != net.local_peer and guard.admit(source, trio.current_time()) is not Admission.ADMIT:
-        net.stats.screened += 1
-        return False
+    if guard is not None and source != net.local_peer:
+        admission = guard.admit(source, trio.current_time())
+        if admission is not Admission.ADMIT:
+            net.stats.screened += 1
+            if admission is Admission.BANNED:
+                _hang_up(net, source)
+            return False
     digest = None
     if net._recent is not None:
         digest = RecentFrames.digest(data)
@@ -485,6 +497,33 @@ def _admit_frame(net: Libp2pNetwork, data: bytes, source: str) -> bool:
     if digest is not None:
         net._recent.add(digest, relay)
     return relay
+
+
+def _hang_up(net: Libp2pNetwork, source: str) -> None:
+    """Ask ``_hang_up_loop`` to close the connection of a banned peer (once while it is
+    pending; a full queue is no loss: the peer's next frame asks again)."""
+    if net._hang_ups is None or source in net._hanging_up or source not in net._connected:
+        return
+    try:
+        net._hang_ups.send_nowait(source)
+    except trio.WouldBlock:
+        return
+    net._hanging_up.add(source)
+
+
+async def _hang_up_loop(hang_ups: trio.MemoryReceiveChannel[str], net: Libp2pNetwork) -> None:
+    # A banned peer's frames are already dropped unread; closing its connection also
+    # stops its traffic costing us reads and decryption. Our reconnect loop does not
+    # dial it while the ban lasts; if it dials us, its first frame closes it again.
+    async for source in hang_ups:
+        try:
+            with trio.move_on_after(HANG_UP_TIMEOUT):
+                await net._host.disconnect(ID.from_base58(source))
+            log.info("closed the connection of banned peer %s", source)
+        except Exception as exc:  # libp2p raises many types for a connection going away
+            log.debug("closing the connection of banned peer %s: %s", source, exc)
+        finally:
+            net._hanging_up.discard(source)
 
 
 def _refuse(net: Libp2pNetwork, error: RemoteProtocolError, data: bytes, source: str) -> None:
@@ -577,7 +616,10 @@ async def _reconnect_loop(book: PeerBook, net: Libp2pNetwork) -> None:
             book.dial_succeeded(target.peer_id)
 
     while True:
-        due = book.due(trio.current_time(), net.connected_peers())
+        now = trio.current_time()
+        due = book.due(now, net.connected_peers())
+        if net._guard is not None:
+            due = [t for t in due if not net._guard.is_banned(t.peer_id, now)]
         if due:
             async with trio.open_nursery() as dials:
                 for target in due:

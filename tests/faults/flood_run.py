@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ RSS_SAMPLE_S = 0.5
 # A peer of this swarm idles at 100-150 MB; a flood that queued what it received
 # would pass this within seconds.
 RSS_BOUND_MB = 400
+HANG_UP_S = 3.0  # from a ban to the banned peer's connection closing (floods last longer)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class FloodReport:
     decided_s: float | None = None  # from the first submit until all honest peers agreed on every motion
     undecided: dict[str, list[str]] = field(default_factory=dict)  # honest peer -> motion ids it did not decide
     banned: dict[str, set[str]] = field(default_factory=dict)  # honest peer -> sources it banned
+    hung_up: dict[str, set[str]] = field(default_factory=dict)  # honest peer -> banned sources it then lost
     rss_mb: dict[str, tuple[int, int]] = field(default_factory=dict)  # honest peer -> (before, peak)
     screened: dict[str, int] = field(default_factory=dict)  # honest peer -> frames dropped unread
     rejected: dict[str, int] = field(default_factory=dict)  # honest peer -> messages rejected by its gate
@@ -57,11 +60,17 @@ class FloodReport:
             missing = set(self.flooder_ids.values()) - self.banned[p]
             if missing:
                 out.append(f"{p} did not ban {sorted(missing)}")
+            if self.banned[p] - self.hung_up.get(p, set()):
+                out.append(f"{p} kept a connection to banned {sorted(self.banned[p] - self.hung_up.get(p, set()))}")
             if self.banned[p] & set(self.honest_ids.values()):
                 out.append(f"{p} banned an honest peer: {sorted(self.banned[p] & set(self.honest_ids.values()))}")
         out += [f"{p} peaked at {peak} MB RSS (bound {RSS_BOUND_MB})" for p, (_, peak) in self.rss_mb.items()
                 if peak > RSS_BOUND_MB]
         return out
+
+
+def _when(event: dict) -> float:
+    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
 
 
 def rss_mb(pid: int) -> int:
@@ -128,6 +137,11 @@ def run_floods(root: Path, seconds: float, motions: int, say=print) -> FloodRepo
             p.stop()
     for n, p in honest.items():
         report.banned[n] = {e["source"] for e in p.named("peer_banned")}
+        # Hung up on: the connection went within HANG_UP_S of the ban, while the flooder
+        # was still sending (it leaves by itself only at the end of the flood).
+        bans = {e["source"]: _when(e) for e in reversed(p.named("peer_banned"))}
+        report.hung_up[n] = {e["peer_id"] for e in p.named("peer_left")
+                             if e["peer_id"] in bans and 0 <= _when(e) - bans[e["peer_id"]] <= HANG_UP_S}
         stopped = p.named("peer_stopped")
         if stopped:
             s = stopped[-1]

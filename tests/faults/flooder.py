@@ -48,7 +48,9 @@ async def flood(swarm_file: Path, key_file: Path, kinds: list[str], seconds: flo
     swarm = load_swarm_file(swarm_file)
     identity = read_key_file(key_file)
     member = identity.peer_id in swarm.validator_peer_ids
-    cfg = NetworkConfig(identity, swarm.topic, ("/ip4/127.0.0.1/tcp/0",), dial_targets(swarm, []),
+    # A member listens where the swarm file says it does, as the validator it pretends to be.
+    listen = swarm.validator_by_key(identity.public_key).addrs if member else ("/ip4/127.0.0.1/tcp/0",)
+    cfg = NetworkConfig(identity, swarm.topic, tuple(listen), dial_targets(swarm, []),
                         validators=swarm.validator_peer_ids if member else frozenset())
     valset = consensus_valset(swarm)
     index = valset.index_of(identity.public_key)

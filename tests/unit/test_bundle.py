@@ -229,7 +229,7 @@ def run_hook(gate, data: bytes, guard=None) -> tuple[bool, list[MessageArrived],
     With a ``guard``, call it inside trio (the hook reads trio's clock)."""
     send, receive = trio.open_memory_channel(2048)
     net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=gate, _recent=None, _guard=guard,
-                                local_peer="local")
+                                local_peer="local", _hang_ups=None, _hanging_up=set(), _connected=set())
     relay = _gate_hook(net)(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=data))
     delivered = []
     while True:
@@ -411,3 +411,20 @@ async def test_the_guard_never_screens_our_own_messages():
     hook = _gate_hook(net)
     assert all(hook(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=hook_envelope(s))) for s in (1, 2, 3))
     assert net.stats.screened == 0
+
+
+async def test_a_banned_peer_that_is_connected_is_queued_once_to_be_hung_up_on():
+    guard = PeerGuard(GuardLimits(strikes=1))
+    guard.rejected(FORWARDER.peer_id, RejectReason.BAD_SIGNATURE, trio.current_time())
+    send, _ = trio.open_memory_channel(16)
+    hang_in, hang_out = trio.open_memory_channel(4)
+    net = types.SimpleNamespace(stats=NetworkStats(), _events_in=send, _gate=None, _recent=None, _guard=guard,
+                                local_peer="local", _hang_ups=hang_in, _hanging_up=set(),
+                                _connected={FORWARDER.peer_id})
+    hook = _gate_hook(net)
+    for seq in (1, 2, 3):
+        assert hook(ID.from_base58(FORWARDER.peer_id), types.SimpleNamespace(data=hook_envelope(seq))) is False
+    assert hang_out.receive_nowait() == FORWARDER.peer_id
+    with pytest.raises(trio.WouldBlock):  # once while pending
+        hang_out.receive_nowait()
+    assert net.stats.screened == 3
