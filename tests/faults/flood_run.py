@@ -81,7 +81,10 @@ def rss_mb(pid: int) -> int:
     return 0
 
 
-def run_floods(root: Path, seconds: float, motions: int, say=print) -> FloodReport:
+def run_floods(root: Path, seconds: float, motions: int, say=print, member_kinds: str = "votes,garbage",
+               stranger_kinds: str = "motions,garbage") -> FloodReport:
+    """``*_kinds``: what each flooder sends (flooder.KINDS). Only garbage leads to a ban;
+    with valid messages alone, the per-peer rate limit is what holds them back."""
     cfg = init_swarm(root, 4, "floods", free_tcp_ports(4))
     swarm = Swarm(root, cfg)
     stranger_key = root / "stranger.key"
@@ -97,8 +100,8 @@ def run_floods(root: Path, seconds: float, motions: int, say=print) -> FloodRepo
         for p in honest.values():
             wait_joined(p, set(HONEST) - {p.name})
         before = {n: rss_mb(p.proc.pid) for n, p in honest.items()}
-        for name, key, kinds in (("member", swarm.key("v4"), "votes,garbage"),
-                                 ("stranger", stranger_key, "motions,garbage")):
+        for name, key, kinds in (("member", swarm.key("v4"), member_kinds),
+                                 ("stranger", stranger_key, stranger_kinds)):
             flooders[name] = PeerProcess(name, [], command=[
                 sys.executable, "-m", "tests.faults.flooder", str(swarm.file), str(key), "--kind", kinds,
                 "--seconds", str(seconds)])
