@@ -35,15 +35,20 @@ def free_tcp_ports(n: int) -> list[int]:
             s.close()
 
 
-def joined(events: list[Event], names: set[str]) -> bool:
-    """Whether a peer's events show a live connection to every peer in ``names``."""
+def live_peers(events: list[Event]) -> set[str]:
+    """The peers a peer's events show a live connection to, by name."""
     live: set[str] = set()
     for e in events:
         if e["event"] == "peer_joined":
             live.add(e["peer"])
         elif e["event"] == "peer_left":
             live.discard(e["peer"])
-    return names <= live
+    return live
+
+
+def joined(events: list[Event], names: set[str]) -> bool:
+    """Whether a peer's events show a live connection to every peer in ``names``."""
+    return names <= live_peers(events)
 
 
 def conclave_command(*args: str) -> list[str]:

@@ -45,12 +45,7 @@ class DuplicateVoteEvidence:
 
     @classmethod
     def decode(cls, data: bytes) -> DuplicateVoteEvidence:
-        obj = unpack(data, "evidence")
-        try:
-            first, second = obj
-            return cls(SignedVote.decode(first), SignedVote.decode(second))
-        except (TypeError, ValueError, LocalProtocolError) as exc:
-            raise RemoteProtocolError("bad_evidence", str(exc)) from None
+        return _decode_pair(data, SignedVote.decode, cls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +86,7 @@ class DuplicateProposalEvidence:
 
     @classmethod
     def decode(cls, data: bytes) -> DuplicateProposalEvidence:
-        obj = unpack(data, "evidence")
-        try:
-            first, second = obj
-            return cls(SignedProposal.decode(first), SignedProposal.decode(second))
-        except (TypeError, ValueError, LocalProtocolError) as exc:
-            raise RemoteProtocolError("bad_evidence", str(exc)) from None
+        return _decode_pair(data, SignedProposal.decode, cls)
 
 
 Evidence = DuplicateVoteEvidence | DuplicateProposalEvidence
@@ -118,6 +108,16 @@ def find_equivocations(votes: Iterable[SignedVote], valset: ValidatorSet, swarm_
             ev = DuplicateVoteEvidence.of(first, sv)
             found.setdefault(ev.encode(), ev)
     return list(found.values())
+
+
+def _decode_pair(data: bytes, decode_one, make):
+    """Two signed messages packed as one list (both kinds of evidence encode so)."""
+    obj = unpack(data, "evidence")
+    try:
+        first, second = obj
+        return make(decode_one(first), decode_one(second))
+    except (TypeError, ValueError, LocalProtocolError) as exc:
+        raise RemoteProtocolError("bad_evidence", str(exc)) from None
 
 
 def _key(value: bytes | None) -> bytes:

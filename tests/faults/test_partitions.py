@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from agents.procs import Event, joined
+from agents.procs import Event, joined, live_peers
 from agents.valset import consensus_valset
 from tests.faults.conftest import CLIENTS, VALIDATORS, NsPeerProcess, NsSwarm
 
@@ -62,16 +62,6 @@ def wait_connected(peers: dict[str, NsPeerProcess], timeout: float = JOIN_TIMEOU
 def wait_disconnected(p: NsPeerProcess, names: set[str], timeout: float = DECIDE_TIMEOUT) -> None:
     """Until ``p`` has noticed that its connections to ``names`` are gone."""
     p.wait_for(lambda evs: not (names & live_peers(evs)), timeout, f"disconnected from {sorted(names)}")
-
-
-def live_peers(events: list[Event]) -> set[str]:
-    live: set[str] = set()
-    for e in events:
-        if e["event"] == "peer_joined":
-            live.add(e["peer"])
-        elif e["event"] == "peer_left":
-            live.discard(e["peer"])
-    return live
 
 
 def caught_up(events: list[Event]) -> set[int]:
