@@ -122,7 +122,7 @@ SCENARIOS: dict[str, Callable[[], Row]] = {
     "atheris": bad_bytes_atheris,
     "crashes": crashes,
     "byzantine": pytest_scenario("byzantine: a lying validator of 4", "tests/faults/test_byzantine.py", repeat=5),
-    "disk": pytest_scenario("disk: torn log, tampered decisions", "tests/faults/test_disk.py"),
+    "disk": pytest_scenario("disk: torn log, tampered, read-only, full", "tests/faults/test_disk.py"),
     "floods": floods,
     "partitions": pytest_scenario("partitions: isolate, split 2/2, cut proposer", "tests/faults/test_partitions.py",
                                   repeat=2),
