@@ -45,7 +45,6 @@ from agents.storage import PeerStore
 from agents.valset import consensus_valset
 from consensus.core import Core, Timeouts
 from consensus.errors import RemoteProtocolError as ConsensusRemoteError
-from consensus.evidence import DuplicateProposalEvidence
 from consensus.events import (
     Decide,
     DecisionReceived,
@@ -608,12 +607,9 @@ class AgentNode:
         who = self.swarm.validators[ev.validator].name
         # ``kind`` says which decoder reads ``evidence``: DuplicateVoteEvidence for a
         # prevote or precommit, DuplicateProposalEvidence for a proposal.
-        if isinstance(ev, DuplicateProposalEvidence):
-            kind, height, round = "proposal", ev.first.proposal.height, ev.first.proposal.round
-        else:
-            kind, height, round = ev.first.vote.type.name.lower(), ev.first.vote.height, ev.first.vote.round
-        emit(log, "evidence", f"EVIDENCE: {who} signed two {kind}s at height {height} round {round}",
-             logging.WARNING, validator=who, height=height, round=round, kind=kind, evidence=ev.encode().hex())
+        emit(log, "evidence", f"EVIDENCE: {who} signed two {ev.kind}s at height {ev.height} round {ev.round}",
+             logging.WARNING, validator=who, height=ev.height, round=ev.round, kind=ev.kind,
+             evidence=ev.encode().hex())
 
     def fetch_decision(self, request: RequestDecision) -> None:
         self.catch_up.request(request.height)

@@ -134,6 +134,7 @@ async def serve_peer(
             task_status.started(node)
     finally:
         rejected = {r.value: n for r, n in sorted(validator.rejected.items())}
+        screened = gate.guard.screened if gate.guard is not None else 0
         st = node.stats
         emit(
             log, "peer_stopped",
@@ -141,12 +142,12 @@ async def serve_peer(
             f"agreements {st.agreements}, messages accepted {validator.accepted}, "
             f"rejected {sum(rejected.values())}{' ' + str(rejected) if rejected else ''}, "
             f"duplicates {st.duplicates}, dropped on overflow {net.stats.inbound_dropped}, "
-            f"screened {net.stats.screened}",
+            f"screened {screened}",
             name=node.name, height=node.core.height - 1, motions=st.motions, agreements=st.agreements,
             decisions=st.decisions, accepted=validator.accepted, rejected=rejected, duplicates=st.duplicates,
             inbound_dropped=net.stats.inbound_dropped, published=net.stats.published,
             frames=net.stats.frames, forced=net.stats.forced, ballots=dict(st.ballots),
-            malformed_rpcs=net.stats.malformed_rpcs, screened=net.stats.screened,
+            malformed_rpcs=net.stats.malformed_rpcs, screened=screened,
             bans=gate.guard.bans if gate.guard is not None else 0,
         )
 

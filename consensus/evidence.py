@@ -37,6 +37,19 @@ class DuplicateVoteEvidence:
     def validator(self) -> int:
         return self.first.vote.validator
 
+    @property
+    def kind(self) -> str:
+        """What was signed twice: "prevote" or "precommit"."""
+        return self.first.vote.type.name.lower()
+
+    @property
+    def height(self) -> int:
+        return self.first.vote.height
+
+    @property
+    def round(self) -> int:
+        return self.first.vote.round
+
     def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
         return self.first.verify(valset, swarm_id) and self.second.verify(valset, swarm_id)
 
@@ -73,6 +86,16 @@ class DuplicateProposalEvidence:
     @property
     def validator(self) -> int:
         return self.first.proposal.proposer
+
+    kind = "proposal"
+
+    @property
+    def height(self) -> int:
+        return self.first.proposal.height
+
+    @property
+    def round(self) -> int:
+        return self.first.proposal.round
 
     def verify(self, valset: ValidatorSet, swarm_id: bytes) -> bool:
         """Both signatures by the proposer of that height and round."""

@@ -461,8 +461,7 @@ def _admit_frame(net: Libp2pNetwork, data: bytes, source: str) -> bool:
     # an honest peer must still be.
     if guard is not None and source != net.local_peer:
         admission = guard.admit(source, trio.current_time())
-        if admission is not Admission.ADMIT:
-            net.stats.screened += 1
+        if admission is not Admission.ADMIT:  # counted by the guard (PeerGuard.screened)
             if admission is Admission.BANNED:
                 _hang_up(net, source)
             return False

@@ -81,7 +81,6 @@ class NetworkStats:
     forced: int = 0  # published although a peer's queue was full after waiting: maybe lost for it
     received: int = 0  # delivered into ``events`` (own messages included), after the gate
     gated: int = 0  # refused by the gate: not delivered, not relayed
-    screened: int = 0  # frames dropped unread: their sender was over its rate or banned (p2p.peer_guard)
     inbound_dropped: int = 0  # events lost because ``events`` was full
     malformed_rpcs: int = 0  # transport messages that did not parse (the sender's stream is reset)
 

@@ -106,6 +106,11 @@ class PeerGuard:
         self.bans += 1
         return True
 
+    @property
+    def screened(self) -> int:
+        """Messages refused by ``admit``: over their sender's rate, or from a banned one."""
+        return self.over_rate + self.dropped_banned
+
     def is_banned(self, source: str, now: float) -> bool:
         s = self._sources.get(source)
         return s is not None and now < s.banned_until

@@ -79,11 +79,17 @@ def _height(p: PeerProcess) -> int:
                + [e["height"] for e in p.named("peer_started")] + [0])
 
 
-def _chain(data: Path) -> list[tuple[int, str]]:
+def parse_chain(log_json: str) -> list[tuple[int, str]]:
+    """(height, block hash) of each decision in the output of `conclave log --json`."""
+    return [(d["height"], d["block_hash"]) for d in map(json.loads, log_json.splitlines())]
+
+
+def durable_chain(data: Path) -> list[tuple[int, str]]:
+    """The chain a peer's data directory holds, read beside the running peer."""
     res = run_conclave("log", "--data", str(data), "--json")
     if res.returncode != 0:
         raise RuntimeError(f"conclave log --data {data}: {res.stderr.strip()}")
-    return [(d["height"], d["block_hash"]) for d in map(json.loads, res.stdout.splitlines())]
+    return parse_chain(res.stdout)
 
 
 def run_crash_loop(root: Path, kills: int, seed: int, say=print) -> CrashReport:
@@ -156,7 +162,7 @@ def _judge_safety(swarm: Swarm, peers: dict[str, PeerProcess], traffic: Path, re
             report.safety_violations.append(f"{p.name} logged evidence: {e.get('msg')}")
         for e in p.named("peer_stopped"):
             report.rejected += sum(e.get("rejected", {}).values()) if isinstance(e.get("rejected"), dict) else 0
-    chains = {name: _chain(swarm.dir / name) for name in peers}
+    chains = {name: durable_chain(swarm.dir / name) for name in peers}
     longest = max(chains.values(), key=len)
     for name, chain in chains.items():
         if chain != longest[: len(chain)]:

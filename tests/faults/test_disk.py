@@ -5,7 +5,6 @@ height, before it signs anything on top of it."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
@@ -17,7 +16,7 @@ import pytest
 
 import trio
 
-from agents.procs import PeerProcess, conclave_command, free_tcp_ports, run_conclave
+from agents.procs import PeerProcess, conclave_command, free_tcp_ports
 from agents.run import dial_targets, propose_many
 from agents.run import FIXED_MODEL
 from agents.storage import FILE_NAME, PeerStore
@@ -27,6 +26,7 @@ from consensus.qc import QuorumCertificate
 from consensus.types import Block, SignedVote, Vote, VoteType
 from p2p.keys import Identity, read_key_file
 from p2p.messages import Motion
+from tests.faults.crash_loop import durable_chain, parse_chain
 from tests.integration.conftest import Swarm, wait_joined
 
 HEIGHTS = 3
@@ -261,12 +261,6 @@ class PrivateDisk:
         self.holder.wait()
 
 
-def _chain_of(data: Path) -> list[tuple[int, str]]:
-    res = run_conclave("log", "--data", str(data), "--json")
-    assert res.returncode == 0, res.stderr
-    return [(d["height"], d["block_hash"]) for d in map(json.loads, res.stdout.splitlines())]
-
-
 def _decide(swarm: Swarm, peers, text: str) -> str:
     motion = trio.run(propose_many, swarm.cfg, Identity.generate(), [Motion(text)], dial_targets(swarm.cfg, []),
                       30.0)["motion_ids"][0]
@@ -301,8 +295,7 @@ def test_a_full_disk_stops_the_peer_with_a_clear_error_and_it_resumes_whole_once
             return p
 
         def v1_chain() -> list[tuple[int, str]]:  # its store is visible only inside the namespace
-            out = disk.run(*conclave_command("log", "--data", str(tmp_path / "v1"), "--json")).stdout
-            return [(d["height"], d["block_hash"]) for d in map(json.loads, out.splitlines())]
+            return parse_chain(disk.run(*conclave_command("log", "--data", str(tmp_path / "v1"), "--json")).stdout)
 
         v1 = start_v1()
         others = {n: swarm.start(n) for n in ("v2", "v3", "v4")}
@@ -329,7 +322,7 @@ def test_a_full_disk_stops_the_peer_with_a_clear_error_and_it_resumes_whole_once
         v1.stop()
         for p in others.values():
             p.stop()
-        mine, theirs = v1_chain(), _chain_of(tmp_path / "v2")
+        mine, theirs = v1_chain(), durable_chain(tmp_path / "v2")
         assert mine[:len(kept)] == kept and mine == theirs
     finally:
         for p in swarm.procs:

@@ -666,6 +666,7 @@ def test_a_conflicting_vote_yields_one_evidence_and_counts_only_toward_its_own_v
     ev = out[0].evidence
     assert ev.verify(h.valset, SWARM)
     assert ev == DuplicateVoteEvidence.of(first, second)
+    assert (ev.kind, ev.height, ev.round) == ("prevote", 1, 0)
     assert DuplicateVoteEvidence.decode(ev.encode()) == ev
     # A third value from the same validator: no second evidence for the same (validator, round, type).
     assert h.feed_all(pv(0, NIL, 2)) == []

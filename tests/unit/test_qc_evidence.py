@@ -287,6 +287,7 @@ def test_proposal_evidence_is_canonical_verifies_and_round_trips() -> None:
     a, b = sp(proposer, b"one"), sp(proposer, b"two")
     e = DuplicateProposalEvidence.of(a, b)
     assert e == DuplicateProposalEvidence.of(b, a) and e.validator == proposer
+    assert (e.kind, e.height, e.round) == ("proposal", 7, 2)
     assert e.verify(EQUAL4, SWARM) and not e.verify(EQUAL4, OTHER_SWARM)
     assert DuplicateProposalEvidence.decode(e.encode()) == e
     lo, hi = sorted((a, b), key=lambda x: x.proposal.block.hash)
